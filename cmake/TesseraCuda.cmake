@@ -1,0 +1,38 @@
+# Decides whether the CUDA parts are built, from TESSERA_CUDA=AUTO|ON|OFF.
+# AUTO turns CUDA on when an nvcc is found. Architectures default to 90a (H100/H200);
+# pass -DCMAKE_CUDA_ARCHITECTURES=... to override.
+string(TOUPPER "${TESSERA_CUDA}" _tessera_cuda)
+if(NOT _tessera_cuda MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "TESSERA_CUDA must be AUTO, ON or OFF (got '${TESSERA_CUDA}')")
+endif()
+
+set(TESSERA_WITH_CUDA OFF)
+if(NOT _tessera_cuda STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
+    find_program(_tessera_nvcc nvcc PATHS /usr/local/cuda/bin NO_CACHE)
+    if(_tessera_nvcc)
+      set(CMAKE_CUDA_COMPILER "${_tessera_nvcc}")
+    endif()
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(TESSERA_WITH_CUDA ON)
+  elseif(_tessera_cuda STREQUAL "ON")
+    message(FATAL_ERROR "TESSERA_CUDA=ON but no CUDA compiler (nvcc) was found")
+  endif()
+endif()
+
+if(TESSERA_WITH_CUDA)
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
+    set(CMAKE_CUDA_ARCHITECTURES 90a)
+  endif()
+  enable_language(CUDA)
+  # CMake 3.25 does not know nvcc 13's C++20 flag; device code is C++17.
+  set(CMAKE_CUDA_STANDARD 17)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  find_package(CUDAToolkit REQUIRED)
+  message(STATUS "tessera: CUDA on (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES})")
+else()
+  message(STATUS "tessera: CUDA off (TESSERA_CUDA=${TESSERA_CUDA})")
+endif()

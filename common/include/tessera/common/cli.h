@@ -1,0 +1,25 @@
+// Command-line helpers shared by the tier binaries and the `tessera` launcher.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tessera::cli {
+
+// "tessera-router 0.1.0 (abc1234)"
+std::string version_line(std::string_view program);
+
+// Arguments after argv[0], as strings.
+std::vector<std::string> args_of(int argc, char** argv);
+
+// Handles `--help`/`-h` (prints `help`) and `--version` (prints version_line). Returns the
+// exit code when one of them was given, nothing otherwise.
+std::optional<int> handle_help_and_version(const std::vector<std::string>& args, std::string_view program,
+                                           std::string_view help);
+
+// Prints "PROGRAM: message" and a hint to stderr; returns the usage-error exit code (2).
+int usage_error(std::string_view program, std::string_view message);
+
+}  // namespace tessera::cli

@@ -1,0 +1,145 @@
+// The typed configuration every Tessera process reads: one YAML schema for the gateway,
+// router, workers and the launcher, so a single file (or a Helm ConfigMap) configures a
+// whole deployment. Values come from defaults, then the YAML file, then `--set key=value`
+// overrides, in that order. Errors name the file, line and key.
+//
+// The reference of every key (docs/CONFIGURATION.md) is generated from the same schema
+// that parses them: `tessera config reference`.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tessera/common/status.h"
+
+namespace tessera {
+
+enum class Device { kAuto, kCpu, kCuda };
+enum class LoadFormat { kAuto, kGguf, kSafetensors, kDummy };
+enum class WeightDtype { kAuto, kBf16, kF16, kF32 };
+enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kOff };
+enum class LogFormat { kText, kJson };
+
+struct ModelSettings {
+  // GGUF file, Hugging Face directory, config.json (dummy), or "default" (the test model).
+  std::string path = "default";
+  // Name served as the OpenAI `model`; empty: derived from the path.
+  std::string served_name;
+  LoadFormat load_format = LoadFormat::kAuto;
+  WeightDtype dtype = WeightDtype::kAuto;
+  // Seed of the dummy load format's random weights.
+  uint64_t dummy_seed = 0;
+  // Cap on prompt + output tokens; 0: the model's own context length.
+  uint32_t max_model_len_tokens = 0;
+  // Jinja chat template file overriding the model's; empty: the model's own.
+  std::string chat_template_path;
+  // Directory where `default` and fetched models are cached.
+  std::string cache_dir = "~/.cache/tessera/models";
+};
+
+struct GatewaySettings {
+  std::string host = "0.0.0.0";
+  uint32_t port = 8000;
+  // Router replicas (host:port) this gateway spreads requests over.
+  std::vector<std::string> routers = {"127.0.0.1:50051"};
+  // Accepted `Authorization: Bearer` keys; empty: no authentication.
+  std::vector<std::string> api_keys;
+  uint64_t max_body_bytes = 8ull << 20;
+  uint32_t max_concurrent_requests = 1024;
+  uint32_t request_timeout_s = 600;
+  uint32_t num_threads = 2;
+};
+
+struct RouterSettings {
+  // gRPC address for gateways and workers.
+  std::string listen = "0.0.0.0:50051";
+  // HTTP port of /metrics and /health.
+  uint32_t metrics_port = 9101;
+  uint32_t max_num_seqs = 256;
+  // Token budget of one step, shared by decodes and prefill chunks.
+  uint32_t max_num_batched_tokens = 8192;
+  uint32_t max_waiting_requests = 1024;
+  uint64_t max_waiting_tokens = 1u << 20;
+  bool enable_prefix_cache = true;
+  // A step loop with no progress for this long marks the router unhealthy and fails
+  // its in-flight requests.
+  uint32_t watchdog_timeout_s = 30;
+  // On SIGTERM, in-flight requests get this long to finish.
+  uint32_t drain_timeout_s = 30;
+};
+
+struct WorkerSettings {
+  // Router to attach to (host:port; a Service name on Kubernetes).
+  std::string router_address = "127.0.0.1:50051";
+  Device device = Device::kAuto;
+  uint32_t device_index = 0;
+  // Data-parallel group this worker belongs to, and its rank inside it.
+  std::string group = "g0";
+  uint32_t rank = 0;
+  uint32_t tensor_parallel_size = 1;
+  uint32_t pipeline_parallel_size = 1;
+  // CPU threads for compute; 0: one per physical core of the NUMA node.
+  uint32_t num_threads = 0;
+  uint32_t metrics_port = 9102;
+  // KV page size in tokens (1 = token-level, LightLLM's TokenAttention).
+  uint32_t page_size_tokens = 16;
+  // Share of GPU memory for weights + activations + KV pool.
+  double gpu_memory_utilization = 0.9;
+  // CPU KV pool size; 0: sized from max_num_batched_tokens and the model's context.
+  uint64_t kv_cache_bytes = 0;
+};
+
+struct LoggingSettings {
+  LogLevel level = LogLevel::kInfo;
+  LogFormat format = LogFormat::kText;
+};
+
+// Where a value came from, for error messages: "file.yaml:12:3", "--set", "default".
+struct ConfigOrigin {
+  std::string where = "default";
+};
+
+struct Config {
+  ModelSettings model;
+  GatewaySettings gateway;
+  RouterSettings router;
+  WorkerSettings worker;
+  LoggingSettings logging;
+
+  // Origin of every key that was set explicitly, by dotted key ("router.max_num_seqs").
+  std::map<std::string, ConfigOrigin, std::less<>> origins;
+
+  // Checks ranges and cross-field rules; the error lists every problem, one per line,
+  // each prefixed with its origin and key.
+  Status validate() const;
+};
+
+struct ConfigSources {
+  // YAML file to read; none: defaults only.
+  std::optional<std::string> file;
+  // "key=value" overrides applied after the file; values are YAML ("[a, b]" for lists).
+  std::vector<std::string> overrides;
+};
+
+// Loads, applies overrides and validates. Unknown keys and wrong types are errors.
+Result<Config> load_config(const ConfigSources& sources);
+// Parses YAML text (the `name` shows up in errors in place of a file name).
+Result<Config> parse_config(std::string_view yaml_text, std::string_view name,
+                            const std::vector<std::string>& overrides = {});
+
+// The effective configuration as YAML (every key, with defaults filled in).
+std::string dump_config_yaml(const Config& config);
+// Markdown table of every key: type, default, description.
+std::string config_reference_markdown();
+
+std::string_view to_string(Device v);
+std::string_view to_string(LoadFormat v);
+std::string_view to_string(WeightDtype v);
+std::string_view to_string(LogLevel v);
+std::string_view to_string(LogFormat v);
+
+}  // namespace tessera

@@ -1,0 +1,42 @@
+#include "tessera/common/cli.h"
+
+#include <cstdio>
+
+#include "tessera/common/version.h"
+
+namespace tessera::cli {
+
+std::string version_line(std::string_view program) {
+  std::string s(program);
+  s += ' ';
+  s += version();
+  s += " (";
+  s += git_describe();
+  s += ')';
+  return s;
+}
+
+std::vector<std::string> args_of(int argc, char** argv) { return {argv + (argc > 0 ? 1 : 0), argv + argc}; }
+
+std::optional<int> handle_help_and_version(const std::vector<std::string>& args, std::string_view program,
+                                           std::string_view help) {
+  for (const auto& a : args) {
+    if (a == "--help" || a == "-h") {
+      std::fwrite(help.data(), 1, help.size(), stdout);
+      return 0;
+    }
+    if (a == "--version") {
+      std::printf("%s\n", version_line(program).c_str());
+      return 0;
+    }
+  }
+  return std::nullopt;
+}
+
+int usage_error(std::string_view program, std::string_view message) {
+  std::fprintf(stderr, "%.*s: %.*s\nTry '%.*s --help'.\n", static_cast<int>(program.size()), program.data(),
+               static_cast<int>(message.size()), message.data(), static_cast<int>(program.size()), program.data());
+  return 2;
+}
+
+}  // namespace tessera::cli
