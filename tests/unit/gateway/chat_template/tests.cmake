@@ -1,0 +1,1 @@
+# Unit tests of gateway/chat_template (paths relative to tests/).

@@ -1,0 +1,1 @@
+# Unit tests of gateway/tokenizer (paths relative to tests/).
