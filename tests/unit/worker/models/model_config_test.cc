@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
+#include "worker/loader/gguf_file.h"
 #include "worker/models/model_config.h"
 
 using Catch::Matchers::Contains;
@@ -150,4 +152,33 @@ TEST_CASE("a missing tensor is reported by name, with the count", "[models]") {
   CHECK(s.message() == "1 required tensor(s) missing: blk.7.ffn_up.weight");
   CHECK_THAT(models::check_weights_present(c, models::NameStyle::kHuggingFace, names).message(),
              Contains("272 required tensor(s) missing: model.embed_tokens.weight"));
+}
+
+TEST_CASE("the test model's GGUF metadata gives SmolLM2's config, matching its config.json", "[models][gguf]") {
+  const char* env = std::getenv("TESSERA_TEST_MODEL");
+  std::string path = env ? env : std::string(std::getenv("HOME")) + "/.cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  auto file = tessera::loader::GgufFile::open(path);
+  INFO(file.status().to_string() << " (run scripts/fetch-model)");
+  REQUIRE(file.is_ok());
+  auto g = models::config_from_gguf(*file);
+  INFO(g.status().to_string());
+  REQUIRE(g.is_ok());
+  auto hf = load("smollm2-135m-instruct");
+  CHECK(g->architecture == "llama");
+  CHECK(g->vocab_size == hf.vocab_size);
+  CHECK(g->hidden_size == hf.hidden_size);
+  CHECK(g->intermediate_size == hf.intermediate_size);
+  CHECK(g->num_layers == hf.num_layers);
+  CHECK(g->num_attention_heads == hf.num_attention_heads);
+  CHECK(g->num_kv_heads == hf.num_kv_heads);
+  CHECK(g->head_dim == hf.head_dim);
+  CHECK(g->max_position_embeddings == hf.max_position_embeddings);
+  CHECK(g->rope_theta == hf.rope_theta);
+  CHECK(g->rms_norm_eps == Approx(hf.rms_norm_eps));
+  CHECK(g->tie_word_embeddings);
+  CHECK_FALSE(g->attention_bias);
+  CHECK(g->bos_token_id == 1);
+  CHECK(g->eos_token_ids == std::vector<int32_t>{2});
+  CHECK(g->weight_dtype == "q4_1");
+  CHECK(g->num_parameters() == hf.num_parameters());
 }
