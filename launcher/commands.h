@@ -12,5 +12,8 @@ using Args = std::vector<std::string>;
 inline constexpr const char* kProgram = "tessera";
 
 int run_config(const Args& args);
+int run_inspect(const Args& args);
+int run_tokenize(const Args& args);
+int run_detokenize(const Args& args);
 
 }  // namespace tessera::launcher

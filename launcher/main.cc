@@ -16,6 +16,13 @@ constexpr const char* kHelp =
     "  config dump  [--config FILE] [--set KEY=VALUE]...\n"
     "                        print the effective configuration as YAML (defaults filled in)\n"
     "  config reference      print the reference of every configuration key (Markdown)\n"
+    "  inspect MODEL [--tensors] [--metadata]\n"
+    "                        print a model's config, tensors, tokenizer and chat template;\n"
+    "                        MODEL is a GGUF file, a Hugging Face directory or 'default'\n"
+    "  tokenize [--model MODEL] [--add-special] [--special-as-text] [--json] TEXT|-\n"
+    "                        print the token ids of TEXT (or of stdin)\n"
+    "  detokenize [--model MODEL] [--skip-special] [--json] ID...|-\n"
+    "                        print the text of token ids (or of ids read from stdin)\n"
     "\n"
     "Options:\n"
     "  -h, --help     show this help and exit\n"
@@ -32,5 +39,8 @@ int main(int argc, char** argv) {
     return *tessera::cli::handle_help_and_version({args[0]}, launcher::kProgram, kHelp);
   }
   if (args[0] == "config") return launcher::run_config(args);
+  if (args[0] == "inspect") return launcher::run_inspect(args);
+  if (args[0] == "tokenize") return launcher::run_tokenize(args);
+  if (args[0] == "detokenize") return launcher::run_detokenize(args);
   return tessera::cli::usage_error(launcher::kProgram, "unknown command '" + args[0] + "'");
 }
