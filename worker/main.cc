@@ -55,6 +55,6 @@ int main(int argc, char** argv) {
   if (auto code = tessera::cli::handle_help_and_version(args, kProgram, kHelp)) return *code;
   if (args.size() == 1 && args[0] == "--list-devices") return list_devices();
   if (!args.empty()) return tessera::cli::usage_error(kProgram, "unknown argument '" + args.front() + "'");
-  std::fprintf(stderr, "%s: the worker service is not built yet in this version\n", kProgram);
+  std::fprintf(stderr, "%s: the service is not built yet in this version\n", kProgram);
   return 1;
 }

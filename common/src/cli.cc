@@ -39,4 +39,17 @@ int usage_error(std::string_view program, std::string_view message) {
   return 2;
 }
 
+int run_unbuilt_tier(int argc, char** argv, std::string_view program, std::string_view summary) {
+  const std::string p(program);
+  const std::string help = "Usage: " + p + " [--help] [--version]\n\n" + std::string(summary) +
+                           "\n\nOptions:\n"
+                           "  -h, --help     show this help and exit\n"
+                           "      --version  print the version and exit\n";
+  const auto args = args_of(argc, argv);
+  if (auto code = handle_help_and_version(args, program, help)) return *code;
+  if (!args.empty()) return usage_error(program, "unknown argument '" + args.front() + "'");
+  std::fprintf(stderr, "%s: the service is not built yet in this version\n", p.c_str());
+  return 1;
+}
+
 }  // namespace tessera::cli

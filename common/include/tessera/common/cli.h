@@ -22,4 +22,8 @@ std::optional<int> handle_help_and_version(const std::vector<std::string>& args,
 // Prints "PROGRAM: message" and a hint to stderr; returns the usage-error exit code (2).
 int usage_error(std::string_view program, std::string_view message);
 
+// main() of a tier whose service is not built yet: answers --help and --version, rejects
+// other arguments, and otherwise refuses to start (exit 1) rather than pretend to serve.
+int run_unbuilt_tier(int argc, char** argv, std::string_view program, std::string_view summary);
+
 }  // namespace tessera::cli
