@@ -5,6 +5,9 @@
 // Set TESSERA_FUZZ_SEED to replay another seed.
 #include <catch2/catch.hpp>
 
+#include <cstdio>
+#include <sstream>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -27,6 +30,15 @@ using tessera::loader::GgufFile;
 using tessera::loader::GgufValueType;
 using tessera::loader::SafetensorsFile;
 using namespace tessera::loader::testing;
+
+// Progress lines for the log (timings, how many mutants still parsed). Not Catch's WARN:
+// CI logs would show them as "warning:".
+#define NOTE(msg)                                 \
+  do {                                            \
+    std::ostringstream note_;                     \
+    note_ << msg;                                 \
+    std::printf("note: %s\n", note_.str().c_str()); \
+  } while (0)
 
 namespace {
 
@@ -168,7 +180,7 @@ TEST_CASE("truncated and corrupted prefixes of the real test model are errors, n
     }
   }
   CHECK(num_ok == 0);
-  WARN("real-model prefix fuzzing: " << seconds_since(start) << " s");
+  NOTE("real-model prefix fuzzing: " << seconds_since(start) << " s");
 }
 
 TEST_CASE("byte flips in the real test model's header never crash the parser or its accessors",
@@ -219,7 +231,7 @@ TEST_CASE("byte flips in the real test model's header never crash the parser or 
     for (auto it = saved.rbegin(); it != saved.rend(); ++it) bytes[it->first] = it->second;
   }
   munmap(addr, size);
-  WARN("real-model header flips: " << seconds_since(start) << " s, " << num_ok
+  NOTE("real-model header flips: " << seconds_since(start) << " s, " << num_ok
                                    << " mutated files still parsed (checksum " << sink << ")");
 }
 
@@ -261,7 +273,7 @@ TEST_CASE("random truncations and byte flips of a synthetic GGUF never crash the
     auto file = GgufFile::from_buffer(std::move(junk));
     if (file.is_ok()) sink += touch(*file);
   }
-  WARN("synthetic GGUF fuzzing: " << seconds_since(start) << " s, " << num_ok
+  NOTE("synthetic GGUF fuzzing: " << seconds_since(start) << " s, " << num_ok
                                   << " mutated files still parsed (checksum " << sink << ")");
 }
 
@@ -289,6 +301,6 @@ TEST_CASE("random truncations and byte flips of a synthetic safetensors file nev
       sink += touch(*file);
     }
   }
-  WARN("synthetic safetensors fuzzing: " << seconds_since(start) << " s, " << num_ok
+  NOTE("synthetic safetensors fuzzing: " << seconds_since(start) << " s, " << num_ok
                                          << " mutated files still parsed (checksum " << sink << ")");
 }
