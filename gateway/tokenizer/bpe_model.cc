@@ -241,9 +241,27 @@ void BpeModel::encode_word(std::string_view word, std::vector<TokenId>& out) con
   }
   const size_t first = out.size();
   merge(word, out);
+  const size_t num_ids = out.size() - first;
+  const size_t cost = kCacheEntryOverheadBytes + word.size() + num_ids * sizeof(TokenId);
   std::lock_guard lock(shard.mutex);
-  if (shard.words.size() >= kMaxEntriesPerShard) shard.words.clear();
-  shard.words.emplace(std::string(word), std::vector<TokenId>(out.begin() + static_cast<std::ptrdiff_t>(first), out.end()));
+  if (shard.words.size() >= kMaxEntriesPerShard || shard.num_bytes + cost > kMaxBytesPerShard) {
+    shard.words.clear();
+    shard.num_bytes = 0;
+  }
+  // Another thread may have cached the word meanwhile; charge only a real insertion.
+  if (shard.words.emplace(std::string(word), std::vector<TokenId>(out.begin() + static_cast<std::ptrdiff_t>(first), out.end()))
+          .second) {
+    shard.num_bytes += cost;
+  }
+}
+
+size_t BpeModel::cache_size_bytes() const {
+  size_t total = 0;
+  for (CacheShard& shard : cache_) {
+    std::lock_guard lock(shard.mutex);
+    total += shard.num_bytes;
+  }
+  return total;
 }
 
 }  // namespace tessera::tokenizer

@@ -38,6 +38,10 @@ class BpeModel {
   // The vocabulary as spelled in the spec, keyed by token string.
   const TokenIndex& token_index() const { return token_index_; }
 
+  // What the word cache holds now, in the bytes it is charged (for tests and metrics).
+  size_t cache_size_bytes() const;
+  static constexpr size_t max_cache_size_bytes() { return kNumCacheShards * kMaxBytesPerShard; }
+
  private:
   struct Symbol {
     TokenId id;
@@ -81,15 +85,24 @@ class BpeModel {
   };
   std::unordered_map<uint64_t, MergeTarget> merges_;  // (left id, right id) -> merge
 
-  // Word cache, sharded so that threads encoding at once rarely share a lock. Bounded: a
-  // full shard is cleared wholesale, which keeps common words hot without LRU bookkeeping
-  // on the hot path.
+  // Word cache, sharded so that threads encoding at once rarely share a lock. Bounded in
+  // entries and in bytes: a full shard is cleared wholesale, which keeps common words hot
+  // without LRU bookkeeping on the hot path. The byte bound matters for hostile input:
+  // under the entry bound alone, unique 256-byte punctuation words grew the heap by
+  // 110 MB (up to ~180 MB at one token per byte); the byte bound keeps the cache at
+  // 16 MiB. Real text (short words, ~125 bytes charged each) meets both bounds at about
+  // the same size, so its hit rate is unchanged.
   static constexpr size_t kMaxCachedPieceBytes = 256;
   static constexpr size_t kNumCacheShards = 16;
   static constexpr size_t kMaxEntriesPerShard = (1 << 17) / kNumCacheShards;
+  static constexpr size_t kMaxBytesPerShard = size_t{1} << 20;
+  // Charged per entry on top of the key and ids: the hash node with its std::string and
+  // std::vector, its bucket slot and two allocator headers (estimated for libstdc++).
+  static constexpr size_t kCacheEntryOverheadBytes = 112;
   struct CacheShard {
     std::mutex mutex;
     std::unordered_map<std::string, std::vector<TokenId>, StringHash, std::equal_to<>> words;
+    size_t num_bytes = 0;  // charged for `words`, as above
   };
   CacheShard& shard_of(std::string_view word) const {
     // Cheap and good enough to spread words; the map hashes the whole word anyway.

@@ -23,6 +23,8 @@ ByteLevelMap::ByteLevelMap() {
 }
 
 std::optional<std::string> ByteLevelMap::decode(std::string_view token) const {
+  // Vocabulary strings come from model files; next_code_point() needs valid UTF-8.
+  if (!utf8::is_valid(token)) return std::nullopt;
   std::string out;
   out.reserve(token.size());
   size_t pos = 0;

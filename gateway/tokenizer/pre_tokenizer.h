@@ -22,11 +22,14 @@ class SplitRegex {
 
   // Appends to `out` the matches and the gaps between them (HF "Isolated" behaviour), as
   // [begin, end) offsets into text, shifted by `base`. text must be valid UTF-8.
-  void split(std::string_view text, size_t base, std::vector<std::pair<size_t, size_t>>& out) const;
+  // RESOURCE_EXHAUSTED when PCRE2 gives up (match limit, JIT stack, heap limit): the text
+  // is then not split at all, rather than split wrongly.
+  [[nodiscard]] Status split(std::string_view text, size_t base, std::vector<std::pair<size_t, size_t>>& out) const;
 
  private:
   SplitRegex() = default;
   void* code_ = nullptr;  // pcre2_code_8*
+  std::string pattern_;   // for error messages
 };
 
 // Normalizer and pre-tokenizer steps of a spec, compiled. Immutable and thread-safe.
@@ -37,7 +40,8 @@ class PreTokenizer {
 
   // Normalizes segment into `normalized` and appends the pieces, as [begin, end) offsets
   // into `normalized`. at_text_start: the segment starts the input (for PrependScheme::kFirst).
-  void run(std::string_view segment, bool at_text_start, std::string& normalized,
+  // Fails only when a split regex hits a PCRE2 limit (see SplitRegex::split).
+  [[nodiscard]] Status run(std::string_view segment, bool at_text_start, std::string& normalized,
            std::vector<std::pair<size_t, size_t>>& pieces) const;
 
  private:

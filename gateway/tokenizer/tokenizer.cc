@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 
 #include "gateway/tokenizer/byte_level.h"
 #include "gateway/tokenizer/tokenizer_impl.h"
@@ -40,6 +41,26 @@ struct AddedMatch {
 };
 
 bool in_range(TokenId id, size_t n) { return id >= 0 && static_cast<size_t>(id) < n; }
+
+// BPE indexes a piece's symbols with int32 and normalization can triple a text (" " -> "▁",
+// NFC expansions), so longer texts are refused rather than overflowing an index.
+constexpr size_t kMaxTextBytes = size_t{512} << 20;
+
+// encode() keeps its scratch buffers per thread; past these sizes they are released after
+// the call, so one huge request does not leave every thread holding megabytes.
+constexpr size_t kMaxRetainedNormalizedBytes = size_t{1} << 20;
+constexpr size_t kMaxRetainedPieces = size_t{1} << 16;
+
+Status invalid_utf8(std::string_view text, size_t offset) {
+  std::string bytes;
+  char hex[8];
+  for (size_t i = offset; i < text.size() && i < offset + 4; ++i) {
+    std::snprintf(hex, sizeof(hex), "%s0x%02X", i == offset ? "" : " ", static_cast<unsigned char>(text[i]));
+    bytes += hex;
+  }
+  return invalid_argument("text to tokenize is not valid UTF-8: ill-formed sequence at byte offset " +
+                          std::to_string(offset) + " (" + bytes + (text.size() > offset + 4 ? " ..." : "") + ")");
+}
 
 }  // namespace
 
@@ -124,7 +145,11 @@ Result<Tokenizer> Tokenizer::from_spec(TokenizerSpec spec) {
 }
 
 Result<std::vector<TokenId>> Tokenizer::encode(std::string_view text, const EncodeOptions& options) const {
-  if (!utf8::is_valid(text)) return invalid_argument("text to tokenize is not valid UTF-8");
+  if (text.size() > kMaxTextBytes) {
+    return invalid_argument("text of " + std::to_string(text.size()) + " bytes is longer than the tokenizer's limit of " +
+                            std::to_string(kMaxTextBytes) + " bytes");
+  }
+  if (const size_t valid = utf8::valid_prefix_length(text); valid != text.size()) return invalid_utf8(text, valid);
   const Impl& impl = *impl_;
   const TokenizerSpec& spec = impl.spec;
   std::vector<TokenId> out;
@@ -168,21 +193,27 @@ Result<std::vector<TokenId>> Tokenizer::encode(std::string_view text, const Enco
   // Buffers reused across calls on this thread; encode() stays re-entrant across threads.
   thread_local std::string normalized;
   thread_local std::vector<std::pair<size_t, size_t>> pieces;
-  auto encode_segment = [&](size_t begin, size_t end) {
-    if (begin >= end) return;
-    impl.pre_tokenizer.run(text.substr(begin, end - begin), begin == 0, normalized, pieces);
+  auto encode_segment = [&](size_t begin, size_t end) -> Status {
+    if (begin >= end) return Status::ok();
+    TESSERA_RETURN_IF_ERROR(impl.pre_tokenizer.run(text.substr(begin, end - begin), begin == 0, normalized, pieces));
     const std::string_view norm(normalized);
     for (const auto& [b, e] : pieces) impl.model->encode_piece(norm.substr(b, e - b), out);
+    return Status::ok();
   };
-
-  size_t pos = 0;
-  AddedMatch match{};
-  while (pos < text.size() && find_added(pos, match)) {
-    encode_segment(pos, match.begin);
-    out.push_back(match.id);
-    pos = match.end;
-  }
-  encode_segment(pos, text.size());
+  auto encode_all = [&]() -> Status {
+    size_t pos = 0;
+    AddedMatch match{};
+    while (pos < text.size() && find_added(pos, match)) {
+      TESSERA_RETURN_IF_ERROR(encode_segment(pos, match.begin));
+      out.push_back(match.id);
+      pos = match.end;
+    }
+    return encode_segment(pos, text.size());
+  };
+  const Status status = encode_all();
+  if (normalized.capacity() > kMaxRetainedNormalizedBytes) std::string().swap(normalized);
+  if (pieces.capacity() > kMaxRetainedPieces) std::vector<std::pair<size_t, size_t>>().swap(pieces);
+  if (!status.is_ok()) return status;
 
   if (options.add_special_tokens == SpecialTokens::kAdd) out.insert(out.end(), spec.suffix_ids.begin(), spec.suffix_ids.end());
   return out;

@@ -59,7 +59,10 @@ class Tokenizer {
   // tokenizer.ggml.* metadata of a GGUF file.
   [[nodiscard]] static Result<Tokenizer> from_gguf(const loader::GgufFile& gguf);
 
-  // text must be valid UTF-8 (INVALID_ARGUMENT otherwise).
+  // text must be valid UTF-8 (INVALID_ARGUMENT naming the offset of the first ill-formed
+  // byte otherwise; NUL is a character like any other) and at most 512 MiB.
+  // RESOURCE_EXHAUSTED when a pre-tokenizer regex hits a PCRE2 limit on this text, which
+  // the shipped patterns do not; no partial or approximate ids are ever returned.
   [[nodiscard]] Result<std::vector<TokenId>> encode(std::string_view text, const EncodeOptions& options = {}) const;
 
   // Ids outside the vocabulary are INVALID_ARGUMENT. Bytes that do not form valid UTF-8

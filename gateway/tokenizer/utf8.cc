@@ -44,7 +44,7 @@ Probe probe(std::string_view bytes, size_t pos) {
 
 }  // namespace
 
-bool is_valid(std::string_view bytes) {
+size_t valid_prefix_length(std::string_view bytes) {
   size_t pos = 0;
   while (pos < bytes.size()) {
     if (static_cast<unsigned char>(bytes[pos]) < 0x80) {
@@ -52,11 +52,13 @@ bool is_valid(std::string_view bytes) {
       continue;
     }
     const Probe p = probe(bytes, pos);
-    if (!p.complete) return false;
+    if (!p.complete) return pos;
     pos += p.length;
   }
-  return true;
+  return pos;
 }
+
+bool is_valid(std::string_view bytes) { return valid_prefix_length(bytes) == bytes.size(); }
 
 void append_lossy(std::string_view bytes, std::string& out) {
   size_t pos = 0;

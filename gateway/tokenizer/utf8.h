@@ -19,6 +19,10 @@ inline size_t sequence_length(unsigned char lead) {
 
 bool is_valid(std::string_view bytes);
 
+// Length of the longest valid prefix: bytes.size() when all of it is valid, else the offset
+// of the first ill-formed sequence.
+size_t valid_prefix_length(std::string_view bytes);
+
 // Appends bytes as text, each maximal ill-formed subsequence replaced by one U+FFFD: the
 // "substitution of maximal subparts" that Rust's from_utf8_lossy (and so HF) applies.
 void append_lossy(std::string_view bytes, std::string& out);

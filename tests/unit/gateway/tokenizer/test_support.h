@@ -75,4 +75,12 @@ inline Tokenizer load_reference(const std::string& name) {
   return std::move(t).value();
 }
 
+// load_reference(), loaded once per test binary.
+inline const Tokenizer& cached_reference(const std::string& name) {
+  static std::map<std::string, Tokenizer> cache;
+  auto it = cache.find(name);
+  if (it == cache.end()) it = cache.emplace(name, load_reference(name)).first;
+  return it->second;
+}
+
 }  // namespace tessera::tokenizer::testing

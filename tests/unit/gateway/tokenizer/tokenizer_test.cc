@@ -21,12 +21,7 @@ using testing::load_reference;
 
 constexpr EncodeOptions kPlain{SpecialTokens::kNone, SpecialTokenParsing::kParse};
 
-const Tokenizer& cached(const std::string& name) {
-  static std::map<std::string, Tokenizer> cache;
-  auto it = cache.find(name);
-  if (it == cache.end()) it = cache.emplace(name, load_reference(name)).first;
-  return it->second;
-}
+const Tokenizer& cached(const std::string& name) { return testing::cached_reference(name); }
 
 // Random valid UTF-8 drawn from ranges that stress the pre-tokenizers: ASCII, Latin-1,
 // combining marks, CJK, emoji and modifiers, Unicode spaces, and (rarely) any scalar value.
