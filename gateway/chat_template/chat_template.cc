@@ -1,7 +1,9 @@
 #include "gateway/chat_template/chat_template.h"
 
 #include <fstream>
+#include <new>
 #include <sstream>
+#include <stdexcept>
 
 #include "gateway/chat_template/evaluator.h"
 #include "gateway/chat_template/parser.h"
@@ -35,6 +37,8 @@ Result<ChatTemplate> ChatTemplate::from_string(std::string_view source) {
     t.program_ = parse_template(source);
   } catch (const TemplateError& e) {
     return e.status();
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("chat template: out of memory while loading");
   }
   t.source_ = std::make_shared<const std::string>(source);
   return t;
@@ -82,25 +86,34 @@ Result<std::string> ChatTemplate::render(const ChatRenderRequest& request) const
   if (!request.extra_context.is_null() && !request.extra_context.is_object()) {
     return invalid_argument("extra_context must be an object");
   }
-  // The variables transformers passes: messages, tools, documents, add_generation_prompt,
-  // then the tokenizer's special tokens, then the caller's kwargs.
-  ValueDict vars;
-  if (request.extra_context.is_object()) {
-    for (const auto& [k, v] : request.extra_context.items()) vars.set(k, Value::from_json(v));
-  }
-  std::optional<std::string> bos = request.bos_token ? request.bos_token : bos_token_;
-  std::optional<std::string> eos = request.eos_token ? request.eos_token : eos_token_;
-  if (bos) vars.set("bos_token", Value(*bos));
-  if (eos) vars.set("eos_token", Value(*eos));
-  vars.set("messages", Value::from_json(request.messages));
-  vars.set("tools", request.tools ? Value::from_json(*request.tools) : Value::none());
-  vars.set("documents", Value::none());
-  vars.set("add_generation_prompt", Value(request.add_generation_prompt));
   LocalClock clock = request.local_clock ? request.local_clock : LocalClock(system_local_time);
   try {
+    // The variables transformers passes: messages, tools, documents, add_generation_prompt,
+    // then the tokenizer's special tokens, then the caller's kwargs. Converting them can fail
+    // too: the client's JSON may nest too deep.
+    ValueDict vars;
+    if (request.extra_context.is_object()) {
+      for (const auto& [k, v] : request.extra_context.items()) vars.set(k, Value::from_json(v));
+    }
+    std::optional<std::string> bos = request.bos_token ? request.bos_token : bos_token_;
+    std::optional<std::string> eos = request.eos_token ? request.eos_token : eos_token_;
+    if (bos) vars.set("bos_token", Value(*bos));
+    if (eos) vars.set("eos_token", Value(*eos));
+    vars.set("messages", Value::from_json(request.messages));
+    vars.set("tools", request.tools ? Value::from_json(*request.tools) : Value::none());
+    vars.set("documents", Value::none());
+    vars.set("add_generation_prompt", Value(request.add_generation_prompt));
     return render_program(*program_, vars, clock);
   } catch (const TemplateError& e) {
     return e.status();
+  } catch (const std::bad_alloc&) {
+    // The limits bound each string and list, not the sum of everything live at once.
+    return resource_exhausted("chat template: out of memory while rendering");
+  } catch (const std::length_error& e) {
+    return resource_exhausted(std::string("chat template: ") + e.what());
+  } catch (const std::exception& e) {
+    // A bug of ours, not the template's: still a Status, never an exception out of render().
+    return internal_error(std::string("chat template: unexpected error: ") + e.what());
   }
 }
 

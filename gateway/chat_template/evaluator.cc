@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "gateway/chat_template/builtins.h"
+#include "gateway/chat_template/render_limits.h"
 
 namespace tessera::chat_template {
 namespace {
@@ -10,6 +11,10 @@ namespace {
 enum class Flow { kNormal, kBreak, kContinue };
 
 constexpr int kMaxMacroDepth = 64;
+// What a loop iteration and a macro call cost in evaluation steps: each does the work of
+// several expression nodes (a frame, the loop object, argument binding).
+constexpr int64_t kLoopIterationSteps = 10;
+constexpr int64_t kMacroCallSteps = 20;
 
 // Jinja's scoping: a for loop body (each iteration afresh) and a macro call get their own
 // frame; if-blocks and the top level share the enclosing one. `set` writes the innermost
@@ -28,6 +33,24 @@ class Evaluator {
   }
 
  private:
+  // Counts one level of evaluation recursion (and one step) for its scope.
+  class DepthGuard {
+   public:
+    explicit DepthGuard(Evaluator& ev) : ev_(ev) {
+      ev_.budget_.charge_steps(1);
+      if (++ev_.depth_ > kMaxRenderDepth) {
+        throw_limit_error("evaluation nested deeper than " + std::to_string(kMaxRenderDepth) +
+                          " levels (runaway macro recursion?)");
+      }
+    }
+    ~DepthGuard() { --ev_.depth_; }
+    DepthGuard(const DepthGuard&) = delete;
+    DepthGuard& operator=(const DepthGuard&) = delete;
+
+   private:
+    Evaluator& ev_;
+  };
+
   // ---- statements ------------------------------------------------------------------
   Flow render_body(const Body& body, std::string& out) {
     for (const StmtPtr& s : body) {
@@ -38,9 +61,18 @@ class Evaluator {
   }
 
   Flow render_statement(const Stmt& s, std::string& out) {
+    DepthGuard guard(*this);
     switch (s.kind) {
-      case StmtKind::kText: out += s.text; return Flow::kNormal;
-      case StmtKind::kPrint: out += eval(*s.expr).to_str(); return Flow::kNormal;
+      case StmtKind::kText: append_checked(out, s.text); return Flow::kNormal;
+      case StmtKind::kPrint: {
+        Value v = eval(*s.expr);
+        if (v.is_string()) {
+          append_checked(out, v.as_string());
+        } else {
+          append_checked(out, v.to_str());
+        }
+        return Flow::kNormal;
+      }
       case StmtKind::kIf:
         for (const auto& [cond, body] : s.branches) {
           if (eval(*cond).truthy()) return render_body(body, out);
@@ -60,7 +92,7 @@ class Evaluator {
       case StmtKind::kFilterBlock: {
         std::string captured;
         Flow flow = render_body(s.body, captured);
-        out += apply_filter_chain(*s.expr, Value(std::move(captured))).to_str();
+        append_checked(out, apply_filter_chain(*s.expr, Value(std::move(captured))).to_str());
         return flow;
       }
       case StmtKind::kMacro:
@@ -82,6 +114,10 @@ class Evaluator {
       Value target = lookup(s.targets[0]);
       if (!target.is_dict() || !target.as_dict().is_namespace) {
         throw_render_error("cannot assign attribute on non-namespace object");
+      }
+      if (value.holds_namespace()) {
+        // Jinja allows it, but `ns.self = ns` is a cycle: printed forever, never freed.
+        throw_render_error("a namespace attribute cannot hold a namespace");
       }
       target.mutable_dict().set(s.attribute, value);
       return;
@@ -126,6 +162,8 @@ class Evaluator {
     if (items.empty()) return render_body(s.else_body, out);
     const int64_t n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      // An empty body still costs its iterations; each builds a frame and a loop object.
+      budget_.charge_steps(kLoopIterationSteps);
       frames_.emplace_back();
       ValueDict loop;
       loop.entries = {{"index", Value(i + 1)},
@@ -167,6 +205,18 @@ class Evaluator {
   }
 
   Value eval(const Expr& e) {
+    DepthGuard guard(*this);
+    Value v = eval_node(e);
+    // Strings that operations built count against the render's total; names and literals
+    // only share existing ones.
+    if (v.is_string() && e.kind != ExprKind::kLiteral && e.kind != ExprKind::kName &&
+        e.kind != ExprKind::kGetAttr && e.kind != ExprKind::kGetItem) {
+      budget_.charge_bytes(v.as_string().size());
+    }
+    return v;
+  }
+
+  Value eval_node(const Expr& e) {
     switch (e.kind) {
       case ExprKind::kLiteral: return e.literal;
       case ExprKind::kName: return lookup(e.name);
@@ -197,7 +247,7 @@ class Evaluator {
       case ExprKind::kNegate: {
         Value v = eval(*e.operands[0]);
         if (v.kind() == ValueKind::kFloat) return Value(-v.as_double());
-        if (v.is_number()) return Value(-v.as_int());
+        if (v.is_number()) return binary_operation("-", Value(int64_t{0}), v);
         if (v.is_undefined()) throw_undefined(v);
         throw_render_error("bad operand type for unary -: '" + v.type_repr() + "'");
       }
@@ -278,10 +328,22 @@ class Evaluator {
       throw_render_error("range expected at least 1 argument");
     }
     if (step == 0) throw_render_error("range() arg 3 must not be zero");
+    // The length first, in unsigned arithmetic: stepping i towards a stop near INT64_MAX
+    // would overflow.
+    bool up = step > 0;
+    uint64_t span = up ? (stop > start ? static_cast<uint64_t>(stop) - static_cast<uint64_t>(start) : 0)
+                       : (start > stop ? static_cast<uint64_t>(start) - static_cast<uint64_t>(stop) : 0);
+    uint64_t magnitude = up ? static_cast<uint64_t>(step) : uint64_t{0} - static_cast<uint64_t>(step);
+    uint64_t count = span == 0 ? 0 : (span - 1) / magnitude + 1;
+    // transformers renders in Jinja's sandbox, which refuses the same ranges.
+    if (count > static_cast<uint64_t>(kMaxRangeItems)) {
+      throw_limit_error("range too big: more than " + std::to_string(kMaxRangeItems) + " items");
+    }
     ValueList out;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-      out.emplace_back(i);
-      if (out.size() > 100000) throw_render_error("range too big");
+    out.reserve(count);
+    for (uint64_t k = 0; k < count; ++k) {
+      // Wraps modulo 2**64 on the way, lands on the exact in-range value.
+      out.emplace_back(static_cast<int64_t>(static_cast<uint64_t>(start) + k * static_cast<uint64_t>(step)));
     }
     return Value(std::move(out));
   }
@@ -301,9 +363,11 @@ class Evaluator {
       if (m->text == name) macro = m;
     }
     if (macro == nullptr) throw_render_error("macro '" + name + "' is not defined at top level");
-    // Templates are trusted config, but a runaway recursive macro must end in an error,
-    // not a crashed gateway.
+    // A template may come from a hostile model file: runaway recursion must end in an
+    // error, not a crashed gateway.
     if (macro_depth_ >= kMaxMacroDepth) throw_render_error("macro recursion deeper than " + std::to_string(kMaxMacroDepth));
+    // A call copies the top-level frame.
+    budget_.charge_steps(kMacroCallSteps + static_cast<int64_t>(frames_.front().entries.size()));
     ValueDict frame;
     for (size_t i = 0; i < macro->targets.size(); ++i) {
       const Value* given = args.get(i, macro->targets[i]);
@@ -333,6 +397,8 @@ class Evaluator {
   const LocalClock& clock_;
   std::vector<ValueDict> frames_;
   int macro_depth_ = 0;
+  int depth_ = 0;  // see DepthGuard
+  RenderBudget budget_;
 };
 
 }  // namespace

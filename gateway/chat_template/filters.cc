@@ -2,11 +2,15 @@
 // (is_known_filter / is_known_test), never silently rendered wrong.
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <unordered_set>
 
 #include "gateway/chat_template/builtins.h"
+#include "gateway/chat_template/render_limits.h"
 #include "gateway/chat_template/template_error.h"
 
 namespace tessera::chat_template {
@@ -142,8 +146,10 @@ void append_json_string(std::string& out, const std::string& s, bool ensure_asci
 
 void append_json(std::string& out, const Value& v, int indent, bool sort_keys, bool ensure_ascii, int depth) {
   auto newline = [&](int level) {
+    size_t pad = static_cast<size_t>(indent) * static_cast<size_t>(level);
+    check_string_size(out.size() + 1 + pad);
     out += '\n';
-    out.append(static_cast<size_t>(indent * level), ' ');
+    out.append(pad, ' ');
   };
   const char* item_sep = indent >= 0 ? "," : ", ";
   switch (v.kind()) {
@@ -167,6 +173,7 @@ void append_json(std::string& out, const Value& v, int indent, bool sort_keys, b
         if (i) out += item_sep;
         if (indent >= 0) newline(depth + 1);
         append_json(out, list[i], indent, sort_keys, ensure_ascii, depth + 1);
+        check_string_size(out.size());  // [s] * 1000000 is cheap to hold, not to print
       }
       if (indent >= 0) newline(depth);
       out += ']';
@@ -189,6 +196,7 @@ void append_json(std::string& out, const Value& v, int indent, bool sort_keys, b
         append_json_string(out, entries[i]->first, ensure_ascii);
         out += ": ";
         append_json(out, entries[i]->second, indent, sort_keys, ensure_ascii, depth + 1);
+        check_string_size(out.size());
       }
       if (indent >= 0) newline(depth);
       out += '}';
@@ -200,9 +208,11 @@ void append_json(std::string& out, const Value& v, int indent, bool sort_keys, b
 }
 
 std::string indent_lines(const std::string& s, const Value* width, bool first, bool blank) {
+  int64_t num_spaces = width == nullptr || width->is_string() ? 0 : std::max<int64_t>(0, width->as_int());
+  check_string_size(static_cast<uint64_t>(num_spaces));  // indent(10**12)
   std::string pad = width == nullptr ? "    "
                     : width->is_string() ? width->as_string()
-                                         : std::string(static_cast<size_t>(std::max<int64_t>(0, width->as_int())), ' ');
+                                         : std::string(static_cast<size_t>(num_spaces), ' ');
   std::vector<std::string> lines;
   size_t start = 0;
   while (start < s.size()) {
@@ -217,26 +227,43 @@ std::string indent_lines(const std::string& s, const Value* width, bool first, b
     start = nl + 1;
   }
   if (lines.empty()) lines.emplace_back();
-  std::string out = lines[0];
+  std::string out = first ? pad + lines[0] : lines[0];
   for (size_t i = 1; i < lines.size(); ++i) {
-    out += '\n';
-    if (blank || !lines[i].empty()) out += pad;
-    out += lines[i];
+    append_checked(out, "\n");
+    if (blank || !lines[i].empty()) append_checked(out, pad);
+    append_checked(out, lines[i]);
   }
-  return first ? pad + out : out;
+  return out;
+}
+
+// int(d), or nullopt where Python raises (inf, nan) or would need a big int.
+std::optional<int64_t> float_to_int(double d) {
+  // 2**63 is exact as a double; every double below it truncates into int64.
+  if (!(d > -9223372036854775808.0 - 1024 && d < 9223372036854775808.0)) return std::nullopt;
+  return static_cast<int64_t>(d);
 }
 
 Value to_int(const Value& v, const Value* dflt) {
   Value fallback = dflt != nullptr ? *dflt : Value(int64_t{0});
-  if (v.kind() == ValueKind::kFloat) return Value(static_cast<int64_t>(v.as_double()));
+  if (v.kind() == ValueKind::kFloat) {
+    std::optional<int64_t> i = float_to_int(v.as_double());
+    return i ? Value(*i) : fallback;
+  }
   if (v.is_number()) return Value(v.as_int());
   if (v.is_string()) {
     std::string s = trim(v.as_string());
     char* end = nullptr;
+    errno = 0;
     long long i = std::strtoll(s.c_str(), &end, 10);
-    if (!s.empty() && end == s.c_str() + s.size()) return Value(static_cast<int64_t>(i));
+    if (!s.empty() && end == s.c_str() + s.size()) {
+      // Python would return a big int; strtoll would clamp it silently.
+      return errno == ERANGE ? fallback : Value(static_cast<int64_t>(i));
+    }
     double d = std::strtod(s.c_str(), &end);
-    if (!s.empty() && end == s.c_str() + s.size()) return Value(static_cast<int64_t>(d));
+    if (!s.empty() && end == s.c_str() + s.size()) {
+      std::optional<int64_t> f = float_to_int(d);
+      return f ? Value(*f) : fallback;
+    }
   }
   return fallback;
 }
@@ -271,8 +298,10 @@ Value apply_filter(std::string_view name, const Value& input, const CallArgs& ar
     const Value* ascii = args.keyword("ensure_ascii");
     const Value* separators = args.keyword("separators");
     if (separators != nullptr && !separators->is_none()) throw_render_error("tojson: separators are not supported");
+    int64_t width = indent != nullptr && indent->is_number() ? indent->as_int() : -1;
+    check_string_size(static_cast<uint64_t>(std::max<int64_t>(width, 0)));  // tojson(indent=10**12)
     std::string out;
-    append_json(out, input, indent != nullptr && indent->is_number() ? static_cast<int>(indent->as_int()) : -1,
+    append_json(out, input, static_cast<int>(width),
                 sort_keys != nullptr && sort_keys->truthy(), ascii != nullptr && ascii->truthy(), 0);
     return Value(std::move(out));
   }
@@ -291,7 +320,7 @@ Value apply_filter(std::string_view name, const Value& input, const CallArgs& ar
   if (name == "title") return Value(title_case(input.to_str()));
   if (name == "capitalize") return Value(capitalize(input.to_str()));
   if (name == "length" || name == "count") {
-    if (input.is_string()) return Value(static_cast<int64_t>(utf8_offsets(input.as_string()).size() - 1));
+    if (input.is_string()) return Value(static_cast<int64_t>(utf8_length(input.as_string())));
     if (input.is_list()) return Value(static_cast<int64_t>(input.as_list().size()));
     if (input.is_dict()) return Value(static_cast<int64_t>(input.as_dict().entries.size()));
     if (input.is_undefined()) return Value(int64_t{0});
@@ -332,8 +361,8 @@ Value apply_filter(std::string_view name, const Value& input, const CallArgs& ar
     std::string out;
     bool first = true;
     for (const Value& item : iterate(input)) {
-      if (!first && sep != nullptr) out += sep->to_str();
-      out += (attribute != nullptr ? attribute_path(item, attribute->to_str()) : item).to_str();
+      if (!first && sep != nullptr) append_checked(out, sep->to_str());
+      append_checked(out, (attribute != nullptr ? attribute_path(item, attribute->to_str()) : item).to_str());
       first = false;
     }
     return Value(std::move(out));
@@ -363,9 +392,29 @@ Value apply_filter(std::string_view name, const Value& input, const CallArgs& ar
   if (name == "selectattr") return select_items(input, args, true, true);
   if (name == "rejectattr") return select_items(input, args, true, false);
   if (name == "unique") {
+    // Jinja keeps a set of keys: case-insensitive strings by default, unhashable lists and
+    // dicts refused. A set, not pairwise ==, so 100k items stay linear.
+    const Value* case_sensitive = args.get(0, "case_sensitive");
+    const Value* attribute = args.get(1, "attribute");
+    bool fold_case = case_sensitive == nullptr || !case_sensitive->truthy();
+    std::unordered_set<std::string> seen;
     ValueList out;
     for (const Value& item : iterate(input)) {
-      if (std::none_of(out.begin(), out.end(), [&](const Value& o) { return o.equals(item); })) out.push_back(item);
+      Value k = attribute != nullptr ? attribute_path(item, attribute->to_str()) : item;
+      std::string key;
+      if (k.is_string()) {
+        key = "s" + (fold_case ? ascii_lower(k.as_string()) : k.as_string());
+      } else if (k.kind() == ValueKind::kFloat) {
+        std::optional<int64_t> i = float_to_int(k.as_double());
+        key = i && static_cast<double>(*i) == k.as_double() ? "i" + std::to_string(*i) : "f" + k.repr();
+      } else if (k.is_number()) {
+        key = "i" + std::to_string(k.as_int());  // True == 1 == 1.0, as in a Python set
+      } else if (k.is_none()) {
+        key = "n";
+      } else {
+        throw_render_error("unhashable type: '" + std::string(k.is_list() ? "list" : "dict") + "'");
+      }
+      if (seen.insert(std::move(key)).second) out.push_back(item);
     }
     return Value(std::move(out));
   }
@@ -449,7 +498,9 @@ Value apply_filter(std::string_view name, const Value& input, const CallArgs& ar
   }
   if (name == "abs") {
     if (input.kind() == ValueKind::kFloat) return Value(std::fabs(input.as_double()));
-    if (input.is_number()) return Value(input.as_int() < 0 ? -input.as_int() : input.as_int());
+    if (input.is_number()) {
+      return input.as_int() < 0 ? binary_operation("-", Value(int64_t{0}), input) : Value(input.as_int());
+    }
     throw_render_error("bad operand type for abs(): '" + input.type_repr() + "'");
   }
   throw_render_error("filter '" + std::string(name) + "' is not implemented");
@@ -474,14 +525,14 @@ bool apply_test(std::string_view name, const Value& v, const CallArgs& args) {
   if (name == "lower") return v.is_string() && ascii_lower(v.as_string()) == v.as_string();
   if (name == "upper") return v.is_string() && ascii_upper(v.as_string()) == v.as_string();
   if (name == "odd" || name == "even") {
+    // Jinja: value % 2 == 1 (odd), value % 2 == 0 (even), in Python arithmetic (3.0 is odd).
     if (!v.is_number()) throw_render_error("odd/even need a number");
-    int64_t r = v.as_int() % 2;
-    return name == "odd" ? r != 0 : r == 0;
+    Value r = binary_operation("%", v, Value(int64_t{2}));
+    return r.equals(Value(int64_t{name == "odd" ? 1 : 0}));
   }
   if (name == "divisibleby") {
-    int64_t d = arg().as_int();
-    if (d == 0) throw_render_error("integer division or modulo by zero");
-    return v.as_int() % d == 0;
+    // Jinja: value % num == 0; INT64_MIN % -1 traps in C++, so through Python's %.
+    return binary_operation("%", v, arg()).equals(Value(int64_t{0}));
   }
   if (name == "equalto" || name == "eq" || name == "==") return v.equals(arg());
   if (name == "ne" || name == "!=") return !v.equals(arg());

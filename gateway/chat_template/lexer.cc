@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cctype>
+#include <charconv>
 #include <cstdlib>
 
 namespace tessera::chat_template {
@@ -22,7 +23,7 @@ bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' |
 
 class Lexer {
  public:
-  explicit Lexer(std::string_view source) : src_(source) {
+  explicit Lexer(std::string_view source) : normalized_(normalize_newlines(source)), src_(normalized_) {
     // keep_trailing_newline=False: Jinja drops one newline at the very end of the source.
     if (!src_.empty() && src_.back() == '\n') src_.remove_suffix(1);
   }
@@ -54,6 +55,22 @@ class Lexer {
   }
 
  private:
+  // Jinja reads "\r\n" and "\r" in the source as "\n" (newline_sequence), in text and string
+  // literals alike, so a template saved with Windows line endings renders the same.
+  static std::string normalize_newlines(std::string_view source) {
+    std::string out;
+    out.reserve(source.size());
+    for (size_t i = 0; i < source.size(); ++i) {
+      if (source[i] != '\r') {
+        out += source[i];
+        continue;
+      }
+      out += '\n';
+      if (i + 1 < source.size() && source[i + 1] == '\n') ++i;
+    }
+    return out;
+  }
+
   size_t find_tag(size_t from) const {
     for (size_t i = from; i + 1 < src_.size(); ++i) {
       if (src_[i] == '{' && (src_[i + 1] == '{' || src_[i + 1] == '%' || src_[i + 1] == '#')) return i;
@@ -227,7 +244,11 @@ class Lexer {
       t.float_value = std::strtod(text.c_str(), nullptr);
     } else {
       t.kind = TokenKind::kInt;
-      t.int_value = std::strtoll(text.c_str(), nullptr, 10);
+      auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), t.int_value);
+      // Python has big ints; a literal we would silently clamp is refused instead.
+      if (ec != std::errc() || ptr != text.data() + text.size()) {
+        throw_syntax_error(start, "integer literal " + text + " does not fit in 64 bits");
+      }
     }
     tokens_.push_back(std::move(t));
     advance_to(end);
@@ -272,7 +293,15 @@ class Lexer {
         case 'n': value += '\n'; break;
         case 't': value += '\t'; break;
         case 'r': value += '\r'; break;
-        case '0': value += '\0'; break;
+        case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': {
+          // Octal, up to three digits: "\0" is NUL, "\012" a newline.
+          uint32_t cp = static_cast<uint32_t>(e - '0');
+          for (int k = 0; k < 2 && i < src_.size() && src_[i] >= '0' && src_[i] <= '7'; ++k, ++i) {
+            cp = cp * 8 + static_cast<uint32_t>(src_[i] - '0');
+          }
+          append_utf8(value, cp);
+          break;
+        }
         case 'b': value += '\b'; break;
         case 'f': value += '\f'; break;
         case 'v': value += '\v'; break;
@@ -285,12 +314,22 @@ class Lexer {
         case 'u':
         case 'U': {
           size_t n = e == 'x' ? 2 : (e == 'u' ? 4 : 8);
-          if (i + n > src_.size()) throw_syntax_error(start, "truncated escape in string literal");
-          std::string hex(src_.substr(i, n));
-          append_utf8(value, static_cast<uint32_t>(std::strtoul(hex.c_str(), nullptr, 16)));
+          uint32_t cp = 0;
+          for (size_t k = 0; k < n; ++k) {
+            if (i + k >= src_.size() || !std::isxdigit(static_cast<unsigned char>(src_[i + k]))) {
+              throw_syntax_error(start, std::string("truncated \\") + e + " escape in string literal");
+            }
+            char h = src_[i + k];
+            cp = cp * 16 + static_cast<uint32_t>(std::isdigit(static_cast<unsigned char>(h)) ? h - '0'
+                                                                                               : (h | 0x20) - 'a' + 10);
+          }
+          if (cp > 0x10FFFF) throw_syntax_error(start, "illegal Unicode character in string literal");
+          append_utf8(value, cp);
           i += n;
           break;
         }
+        case 'N':  // Python's \N{NAME}: would need the Unicode name table
+          throw_syntax_error(start, "\\N{...} escapes are not supported in string literals");
         default:  // Python keeps unknown escapes verbatim
           value += '\\';
           value += e;
@@ -304,7 +343,8 @@ class Lexer {
     advance_to(i + 1);
   }
 
-  std::string_view src_;
+  std::string normalized_;
+  std::string_view src_;  // into normalized_
   size_t pos_ = 0;
   SourcePos pos_info_;
   std::vector<Token> tokens_;

@@ -1,9 +1,12 @@
 // Operators, iteration, attribute and item access, and the methods of str, dict and list.
 #include <algorithm>
+#include <charconv>
 #include <cmath>
+#include <limits>
 #include <optional>
 
 #include "gateway/chat_template/builtins.h"
+#include "gateway/chat_template/render_limits.h"
 #include "gateway/chat_template/template_error.h"
 
 namespace tessera::chat_template {
@@ -42,6 +45,7 @@ int compare_values(const Value& a, const Value& b, std::string_view op) {
   if (a.is_list() && b.is_list()) {
     const ValueList& x = a.as_list();
     const ValueList& y = b.as_list();
+    charge_steps(static_cast<int64_t>(std::min(x.size(), y.size())));
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
       if (!x[i].equals(y[i])) return compare_values(x[i], y[i], op);
     }
@@ -57,8 +61,11 @@ bool contains(const Value& container, const Value& item) {
   switch (container.kind()) {
     case ValueKind::kString:
       if (!item.is_string()) throw_render_error("'in <string>' requires string as left operand");
+      // std::string::find is O(haystack * needle) at worst: charge that, a step per 64 bytes.
+      charge_steps(static_cast<int64_t>(container.as_string().size() / 64 * std::max<size_t>(1, item.as_string().size())));
       return container.as_string().find(item.as_string()) != std::string::npos;
     case ValueKind::kList:
+      charge_steps(static_cast<int64_t>(container.as_list().size()));
       return std::any_of(container.as_list().begin(), container.as_list().end(),
                          [&](const Value& v) { return v.equals(item); });
     case ValueKind::kDict:
@@ -68,18 +75,50 @@ bool contains(const Value& container, const Value& item) {
   }
 }
 
+// Python has big ints; we have 64 bits, and refuse rather than wrap (or hit C++'s UB).
+[[noreturn]] void throw_overflow(std::string_view op) {
+  throw_render_error("integer overflow in '" + std::string(op) + "': the result does not fit in 64 bits");
+}
+
+// Python's // and % on ints, b != 0. INT64_MIN / -1 overflows (and traps on x86).
 int64_t floor_div(int64_t a, int64_t b) {
+  if (b == -1) {
+    if (a == std::numeric_limits<int64_t>::min()) throw_overflow("//");
+    return -a;
+  }
   int64_t q = a / b;
   if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
   return q;
+}
+
+int64_t floor_mod(int64_t a, int64_t b) {
+  if (b == -1) return 0;
+  int64_t r = a % b;
+  if (r != 0 && ((r < 0) != (b < 0))) r += b;
+  return r;
+}
+
+// Exponentiation by squaring: 2 ** 10**12 must fail fast, not loop 10**12 times.
+int64_t int_power(int64_t base, int64_t exponent) {
+  int64_t result = 1;
+  while (exponent > 0) {
+    if ((exponent & 1) != 0 && __builtin_mul_overflow(result, base, &result)) throw_overflow("**");
+    exponent >>= 1;
+    if (exponent > 0 && __builtin_mul_overflow(base, base, &base)) throw_overflow("**");
+  }
+  return result;
 }
 
 Value arithmetic(std::string_view op, const Value& a, const Value& b) {
   if (a.is_undefined()) throw_undefined(a);
   if (b.is_undefined()) throw_undefined(b);
   if (op == "+") {
-    if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
+    if (a.is_string() && b.is_string()) {
+      check_string_size(a.as_string().size() + b.as_string().size());
+      return Value(a.as_string() + b.as_string());
+    }
     if (a.is_list() && b.is_list()) {
+      check_list_size(a.as_list().size() + b.as_list().size());
       ValueList out = a.as_list();
       out.insert(out.end(), b.as_list().begin(), b.as_list().end());
       return Value(std::move(out));
@@ -90,13 +129,19 @@ Value arithmetic(std::string_view op, const Value& a, const Value& b) {
     const Value* count = seq == &a ? &b : &a;
     if (seq != nullptr && count->is_number() && count->kind() != ValueKind::kFloat) {
       int64_t n = std::max<int64_t>(0, count->as_int());
+      // Sized before allocating: 'x' * 10**12 must fail, not exhaust memory.
       if (seq->is_string()) {
+        size_t unit = seq->as_string().size();
+        if (unit != 0) check_string_size(static_cast<uint64_t>(n) > kMaxStringBytes / unit ? kMaxStringBytes + 1 : unit * static_cast<size_t>(n));
         std::string out;
-        for (int64_t i = 0; i < n; ++i) out += seq->as_string();
+        if (unit != 0) out.reserve(unit * static_cast<size_t>(n));
+        for (int64_t i = 0; unit != 0 && i < n; ++i) out += seq->as_string();
         return Value(std::move(out));
       }
+      size_t unit = seq->as_list().size();
+      if (unit != 0) check_list_size(static_cast<uint64_t>(n) > kMaxListItems / unit ? kMaxListItems + 1 : unit * static_cast<size_t>(n));
       ValueList out;
-      for (int64_t i = 0; i < n; ++i) out.insert(out.end(), seq->as_list().begin(), seq->as_list().end());
+      for (int64_t i = 0; unit != 0 && i < n; ++i) out.insert(out.end(), seq->as_list().begin(), seq->as_list().end());
       return Value(std::move(out));
     }
   }
@@ -107,11 +152,8 @@ Value arithmetic(std::string_view op, const Value& a, const Value& b) {
     return Value(a.as_double() / b.as_double());
   }
   if (op == "**") {
-    if (!use_float && b.as_int() >= 0) {
-      int64_t r = 1;
-      for (int64_t i = 0; i < b.as_int(); ++i) r *= a.as_int();
-      return Value(r);
-    }
+    if (!use_float && b.as_int() >= 0) return Value(int_power(a.as_int(), b.as_int()));
+    if (a.as_double() == 0 && b.as_double() < 0) throw_render_error("0.0 cannot be raised to a negative power");
     return Value(std::pow(a.as_double(), b.as_double()));
   }
   if (use_float) {
@@ -120,18 +162,28 @@ Value arithmetic(std::string_view op, const Value& a, const Value& b) {
     if (op == "+") return Value(x + y);
     if (op == "-") return Value(x - y);
     if (op == "*") return Value(x * y);
-    if (y == 0) throw_render_error("float division by zero");
+    if (y == 0) throw_render_error(op == "//" ? "float floor division by zero" : "float modulo");
     if (op == "//") return Value(std::floor(x / y));
     if (op == "%") return Value(x - std::floor(x / y) * y);
   } else {
     int64_t x = a.as_int();
     int64_t y = b.as_int();
-    if (op == "+") return Value(x + y);
-    if (op == "-") return Value(x - y);
-    if (op == "*") return Value(x * y);
-    if (y == 0) throw_render_error("integer division or modulo by zero");
+    int64_t r = 0;
+    if (op == "+") {
+      if (__builtin_add_overflow(x, y, &r)) throw_overflow(op);
+      return Value(r);
+    }
+    if (op == "-") {
+      if (__builtin_sub_overflow(x, y, &r)) throw_overflow(op);
+      return Value(r);
+    }
+    if (op == "*") {
+      if (__builtin_mul_overflow(x, y, &r)) throw_overflow(op);
+      return Value(r);
+    }
+    if (y == 0) throw_render_error(op == "//" ? "integer division or modulo by zero" : "integer modulo by zero");
     if (op == "//") return Value(floor_div(x, y));
-    if (op == "%") return Value(x - floor_div(x, y) * y);
+    if (op == "%") return Value(floor_mod(x, y));
   }
   type_error(op, a, b);
 }
@@ -147,6 +199,9 @@ bool normalise_index(int64_t& i, size_t size) {
 bool is_py_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
 std::string strip_chars(const std::string& s, const Value* chars, bool left, bool right) {
+  if (chars != nullptr && !chars->is_none() && !chars->is_string()) {
+    throw_render_error("strip arg must be None or str");
+  }
   auto strip_this = [&](char c) {
     if (chars == nullptr || chars->is_none()) return is_py_space(c);
     return chars->as_string().find(c) != std::string::npos;
@@ -176,11 +231,13 @@ Value split(const std::string& s, const Value* sep, const Value* max_split) {
       }
       size_t j = i;
       while (j < s.size() && !is_py_space(s[j])) ++j;
+      check_list_size(out.size() + 1);  // before the items pile up, not after
       out.emplace_back(s.substr(i, j - i));
       i = j;
     }
     return Value(std::move(out));
   }
+  if (!sep->is_string()) throw_render_error("must be str or None, not " + python_type_name(*sep));
   const std::string& delim = sep->as_string();
   if (delim.empty()) throw_render_error("empty separator");
   size_t start = 0;
@@ -190,6 +247,7 @@ Value split(const std::string& s, const Value* sep, const Value* max_split) {
       out.emplace_back(s.substr(start));
       break;
     }
+    check_list_size(out.size() + 2);
     out.emplace_back(s.substr(start, found - start));
     start = found + delim.size();
   }
@@ -204,11 +262,13 @@ std::string replace_all(const std::string& s, const std::string& from, const std
   while (count < 0 || done < count) {
     size_t found = s.find(from, start);
     if (found == std::string::npos) break;
-    out += s.substr(start, found - start) + to;
+    append_checked(out, std::string_view(s).substr(start, found - start));
+    append_checked(out, to);
     start = found + from.size();
     ++done;
   }
-  return out + s.substr(start);
+  append_checked(out, std::string_view(s).substr(start));
+  return out;
 }
 
 const std::string& string_arg(const CallArgs& args, size_t index, std::string_view method) {
@@ -258,12 +318,15 @@ std::string python_format(const std::string& fmt, const CallArgs& args) {
     if (field.empty()) {
       v = args.get(auto_index++, "");
     } else if (numbered) {
-      v = args.get(static_cast<size_t>(std::stoul(field)), "");
+      size_t index = 0;
+      auto [ptr, ec] = std::from_chars(field.data(), field.data() + field.size(), index);
+      // std::stoul would throw out_of_range past the C++ error path: '{99999999999999999999}'.
+      v = ec == std::errc() && ptr == field.data() + field.size() ? args.get(index, "") : nullptr;
     } else {
       v = args.keyword(field);
     }
     if (v == nullptr) throw_render_error("format: no argument for field '{" + field + "}'");
-    out += v->to_str();
+    append_checked(out, v->to_str());
     i = close;
   }
   return out;
@@ -304,14 +367,18 @@ Value binary_operation(std::string_view op, const Value& a, const Value& b) {
   if (op == ">=") return Value(compare_values(a, b, op) >= 0);
   if (op == "in") return Value(contains(b, a));
   if (op == "not in") return Value(!contains(b, a));
-  if (op == "~") return Value(a.to_str() + b.to_str());
+  if (op == "~") {
+    std::string out = a.to_str();
+    append_checked(out, b.to_str());
+    return Value(std::move(out));
+  }
   return arithmetic(op, a, b);
 }
 
 ValueList iterate(const Value& v) {
   switch (v.kind()) {
     case ValueKind::kUndefined: return {};
-    case ValueKind::kList: return v.as_list();
+    case ValueKind::kList: charge_steps(static_cast<int64_t>(v.as_list().size())); return v.as_list();
     case ValueKind::kDict: {
       ValueList keys;
       for (const auto& [k, e] : v.as_dict().entries) keys.emplace_back(k);
@@ -319,7 +386,9 @@ ValueList iterate(const Value& v) {
     }
     case ValueKind::kString: {
       const std::string& s = v.as_string();
+      charge_steps(static_cast<int64_t>(s.size()));
       std::vector<size_t> offsets = utf8_offsets(s);
+      check_list_size(offsets.size() - 1);  // a Value per character: check before building
       ValueList chars;
       for (size_t i = 0; i + 1 < offsets.size(); ++i) chars.emplace_back(s.substr(offsets[i], offsets[i + 1] - offsets[i]));
       return chars;
@@ -406,7 +475,12 @@ Value get_slice(const Value& obj, const Value& start_v, const Value& stop_v, con
   int64_t start = clamp(bound(start_v, "start"), step > 0 ? 0 : size - 1);
   int64_t stop = clamp(bound(stop_v, "stop"), step > 0 ? size : -1);
   std::vector<size_t> picked;
-  for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) picked.push_back(static_cast<size_t>(i));
+  // Stop before stepping past the end: i + step may not fit in int64 ([1, 2][::2**62]).
+  for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
+    picked.push_back(static_cast<size_t>(i));
+    if (step > 0 ? step >= stop - i : step <= stop - i) break;
+    i += step;
+  }
   if (obj.is_list()) {
     ValueList out;
     for (size_t i : picked) out.push_back(obj.as_list()[i]);
@@ -457,8 +531,8 @@ Value call_method(const Callable& method, const CallArgs& args) {
       bool first = true;
       for (const Value& v : iterate(*items)) {
         if (!v.is_string()) throw_render_error("sequence item: expected str instance, " + v.type_repr() + " found");
-        if (!first) out += s;
-        out += v.as_string();
+        if (!first) append_checked(out, s);
+        append_checked(out, v.as_string());
         first = false;
       }
       return Value(std::move(out));

@@ -4,6 +4,7 @@
 
 #include "gateway/chat_template/builtins.h"
 #include "gateway/chat_template/lexer.h"
+#include "gateway/chat_template/render_limits.h"
 
 namespace tessera::chat_template {
 namespace {
@@ -23,6 +24,44 @@ class Parser {
   }
 
  private:
+  // One level of syntax-tree depth: a nested block, a parenthesised or operand expression, or
+  // one more operator in a chain ("a + b + c" is a tree as deep as it is long). Everything
+  // that builds, walks or frees the tree recurses along that depth, so it is what bounds the
+  // stack. A throw abandons the whole parse, so the count need not be unwound then.
+  void enter_level() {
+    if (++depth_ > kMaxNestingDepth) {
+      throw_syntax_error(peek().pos, "expressions or blocks nested deeper than " +
+                                         std::to_string(kMaxNestingDepth) + " levels");
+    }
+  }
+  // A level for the guard's scope.
+  class DepthGuard {
+   public:
+    explicit DepthGuard(Parser& p) : parser_(p) { parser_.enter_level(); }
+    ~DepthGuard() { --parser_.depth_; }
+    DepthGuard(const DepthGuard&) = delete;
+    DepthGuard& operator=(const DepthGuard&) = delete;
+
+   private:
+    Parser& parser_;
+  };
+  // A level per operator of a chain, held until the chain is done.
+  class ChainDepth {
+   public:
+    explicit ChainDepth(Parser& p) : parser_(p) {}
+    void add() {
+      parser_.enter_level();
+      ++num_added_;
+    }
+    ~ChainDepth() { parser_.depth_ -= num_added_; }
+    ChainDepth(const ChainDepth&) = delete;
+    ChainDepth& operator=(const ChainDepth&) = delete;
+
+   private:
+    Parser& parser_;
+    int num_added_ = 0;
+  };
+
   // ---- token helpers ---------------------------------------------------------------
   const Token& peek(size_t ahead = 0) const {
     size_t i = std::min(index_ + ahead, tokens_.size() - 1);
@@ -106,6 +145,7 @@ class Parser {
   }
 
   StmtPtr parse_statement() {
+    DepthGuard guard(*this);
     const Token& name_tok = next();
     const std::string& tag = name_tok.text;
     if (tag == "if") return parse_if(name_tok.pos);
@@ -142,7 +182,9 @@ class Parser {
     s->pos = pos;
     auto placeholder = make(ExprKind::kLiteral, pos);
     ExprPtr chain = std::move(placeholder);
+    ChainDepth depth(*this);
     while (true) {
+      depth.add();
       auto f = make(ExprKind::kFilter, peek().pos);
       f->name = expect_name("a filter name");
       if (!is_known_filter(f->name)) throw_syntax_error(f->pos, "unknown filter '" + f->name + "'");
@@ -302,9 +344,12 @@ class Parser {
   ExprPtr parse_expression() { return parse_or_expression(/*allow_condition=*/true); }
 
   ExprPtr parse_or_expression(bool allow_condition) {
+    DepthGuard guard(*this);
+    ChainDepth chain(*this);
     SourcePos pos = peek().pos;
     ExprPtr left = parse_and();
     while (at_name("or")) {
+      chain.add();
       next();
       auto e = make(ExprKind::kOr, pos);
       e->operands.push_back(std::move(left));
@@ -329,8 +374,10 @@ class Parser {
 
   ExprPtr parse_and() {
     SourcePos pos = peek().pos;
+    ChainDepth chain(*this);
     ExprPtr left = parse_not();
     while (at_name("and")) {
+      chain.add();
       next();
       auto e = make(ExprKind::kAnd, pos);
       e->operands.push_back(std::move(left));
@@ -342,6 +389,7 @@ class Parser {
 
   ExprPtr parse_not() {
     if (at_name("not")) {
+      DepthGuard guard(*this);
       SourcePos pos = next().pos;
       auto e = make(ExprKind::kNot, pos);
       e->operands.push_back(parse_not());
@@ -389,8 +437,10 @@ class Parser {
 
   ExprPtr parse_add() {
     SourcePos pos = peek().pos;
+    ChainDepth chain(*this);
     ExprPtr left = parse_concat();
     while (at_operator("+") || at_operator("-")) {
+      chain.add();
       std::string op = next().text;
       left = binary(op, std::move(left), parse_concat(), pos);
     }
@@ -399,8 +449,10 @@ class Parser {
 
   ExprPtr parse_concat() {
     SourcePos pos = peek().pos;
+    ChainDepth chain(*this);
     ExprPtr left = parse_multiply();
     while (at_operator("~")) {
+      chain.add();
       next();
       left = binary("~", std::move(left), parse_multiply(), pos);
     }
@@ -409,8 +461,10 @@ class Parser {
 
   ExprPtr parse_multiply() {
     SourcePos pos = peek().pos;
+    ChainDepth chain(*this);
     ExprPtr left = parse_power();
     while (at_operator("*") || at_operator("/") || at_operator("//") || at_operator("%")) {
+      chain.add();
       std::string op = next().text;
       left = binary(op, std::move(left), parse_power(), pos);
     }
@@ -419,8 +473,10 @@ class Parser {
 
   ExprPtr parse_power() {
     SourcePos pos = peek().pos;
+    ChainDepth chain(*this);
     ExprPtr left = parse_unary(true);
     while (at_operator("**")) {
+      chain.add();
       next();
       left = binary("**", std::move(left), parse_unary(true), pos);
     }
@@ -431,10 +487,12 @@ class Parser {
     SourcePos pos = peek().pos;
     ExprPtr e;
     if (at_operator("-")) {
+      DepthGuard guard(*this);
       next();
       e = make(ExprKind::kNegate, pos);
       e->operands.push_back(parse_unary(false));
     } else if (at_operator("+")) {
+      DepthGuard guard(*this);
       next();
       e = parse_unary(false);
     } else {
@@ -552,7 +610,10 @@ class Parser {
   }
 
   ExprPtr parse_postfix(ExprPtr e) {
+    ChainDepth chain(*this);
     while (true) {
+      if (!at_operator(".") && !at_operator("[") && !at_operator("(")) return e;
+      chain.add();
       SourcePos pos = peek().pos;
       if (at_operator(".")) {
         next();
@@ -610,7 +671,10 @@ class Parser {
   }
 
   ExprPtr parse_filters_and_tests(ExprPtr e) {
+    ChainDepth chain(*this);
     while (true) {
+      if (!at_operator("|") && !at_name("is")) return e;
+      chain.add();
       SourcePos pos = peek().pos;
       if (at_operator("|")) {
         next();
@@ -672,6 +736,7 @@ class Parser {
   std::vector<Token> tokens_;
   size_t index_ = 0;
   int loop_depth_ = 0;
+  int depth_ = 0;  // see DepthGuard
 };
 
 }  // namespace

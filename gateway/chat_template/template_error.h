@@ -33,6 +33,11 @@ class TemplateError : public std::runtime_error {
                                        std::to_string(pos.column) + ": " + message));
 }
 
+// A template or its input went past one of render_limits.h's bounds.
+[[noreturn]] inline void throw_limit_error(const std::string& message) {
+  throw TemplateError(resource_exhausted("chat template: " + message));
+}
+
 // A render-time failure that is not the template's own raise_exception().
 [[noreturn]] inline void throw_render_error(const std::string& message) {
   throw TemplateError(invalid_argument("chat template: " + message));

@@ -1,8 +1,13 @@
 #include "gateway/chat_template/value.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+
+#include "gateway/chat_template/render_limits.h"
+#include "gateway/chat_template/template_error.h"
 
 namespace tessera::chat_template {
 
@@ -38,12 +43,44 @@ Value Value::none() {
 Value::Value(bool b) : kind_(ValueKind::kBool), bool_(b), int_(b ? 1 : 0) {}
 Value::Value(int64_t i) : kind_(ValueKind::kInt), int_(i) {}
 Value::Value(double d) : kind_(ValueKind::kFloat), float_(d) {}
-Value::Value(std::string s)
-    : kind_(ValueKind::kString), string_(std::make_shared<const std::string>(std::move(s))) {}
-Value::Value(ValueList list)
-    : kind_(ValueKind::kList), list_(std::make_shared<const ValueList>(std::move(list))) {}
-Value::Value(ValueDict dict)
-    : kind_(ValueKind::kDict), dict_(std::make_shared<ValueDict>(std::move(dict))) {}
+Value::Value(std::string s) : kind_(ValueKind::kString) {
+  check_string_size(s.size());
+  string_ = std::make_shared<const std::string>(std::move(s));
+}
+
+namespace {
+
+void check_depth(int depth) {
+  if (depth > kMaxValueDepth) {
+    throw_limit_error("lists and dicts nested deeper than " + std::to_string(kMaxValueDepth));
+  }
+}
+
+}  // namespace
+
+Value::Value(ValueList list) : kind_(ValueKind::kList) {
+  check_list_size(list.size());
+  int depth = 0;
+  for (const Value& v : list) {
+    depth = std::max(depth, static_cast<int>(v.depth_));
+    holds_namespace_ = holds_namespace_ || v.holds_namespace_;
+  }
+  check_depth(depth + 1);
+  depth_ = static_cast<uint16_t>(depth + 1);
+  list_ = std::make_shared<const ValueList>(std::move(list));
+}
+
+Value::Value(ValueDict dict) : kind_(ValueKind::kDict) {
+  int depth = 0;
+  holds_namespace_ = dict.is_namespace;
+  for (const auto& [k, v] : dict.entries) {
+    depth = std::max(depth, static_cast<int>(v.depth_));
+    holds_namespace_ = holds_namespace_ || v.holds_namespace_;
+  }
+  check_depth(depth + 1);
+  depth_ = static_cast<uint16_t>(depth + 1);
+  dict_ = std::make_shared<ValueDict>(std::move(dict));
+}
 
 Value Value::tuple(ValueList items) {
   Value v(std::move(items));
@@ -58,29 +95,49 @@ Value Value::callable(std::string name, std::shared_ptr<const Value> self) {
   return v;
 }
 
-Value Value::from_json(const nlohmann::ordered_json& j) {
+namespace {
+
+Value value_from_json(const nlohmann::ordered_json& j, int depth);
+
+}  // namespace
+
+Value Value::from_json(const nlohmann::ordered_json& j) { return value_from_json(j, 0); }
+
+namespace {
+
+// Checks depth before descending: the JSON came from a client and may nest without end.
+Value value_from_json(const nlohmann::ordered_json& j, int depth) {
   switch (j.type()) {
-    case nlohmann::ordered_json::value_t::null: return none();
+    case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer: return Value(j.get<int64_t>());
-    case nlohmann::ordered_json::value_t::number_unsigned:
-      return Value(static_cast<int64_t>(j.get<uint64_t>()));
+    case nlohmann::ordered_json::value_t::number_unsigned: {
+      uint64_t u = j.get<uint64_t>();
+      if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        throw_render_error("integer " + std::to_string(u) + " does not fit in 64 bits");
+      }
+      return Value(static_cast<int64_t>(u));
+    }
     case nlohmann::ordered_json::value_t::number_float: return Value(j.get<double>());
     case nlohmann::ordered_json::value_t::string: return Value(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
+      check_depth(depth + 1);
       ValueList list;
       list.reserve(j.size());
-      for (const auto& e : j) list.push_back(from_json(e));
+      for (const auto& e : j) list.push_back(value_from_json(e, depth + 1));
       return Value(std::move(list));
     }
     case nlohmann::ordered_json::value_t::object: {
+      check_depth(depth + 1);
       ValueDict dict;
-      for (const auto& [k, e] : j.items()) dict.entries.emplace_back(k, from_json(e));
+      for (const auto& [k, e] : j.items()) dict.entries.emplace_back(k, value_from_json(e, depth + 1));
       return Value(std::move(dict));
     }
-    default: return undefined("unsupported JSON value");
+    default: return Value::undefined("unsupported JSON value");
   }
 }
+
+}  // namespace
 
 const std::string& Value::undefined_hint() const {
   static const std::string kNoHint;
@@ -192,9 +249,11 @@ std::string Value::repr() const {
     case ValueKind::kString: return python_string_repr(*string_);
     case ValueKind::kList: {
       std::string out = is_tuple_ ? "(" : "[";
+      // Checked as it grows: a list of a million references to one long string is cheap to
+      // hold and must not be cheap to print.
       for (size_t i = 0; i < list_->size(); ++i) {
         if (i) out += ", ";
-        out += (*list_)[i].repr();
+        append_checked(out, (*list_)[i].repr());
       }
       if (is_tuple_) return out + (list_->size() == 1 ? ",)" : ")");
       return out + "]";
@@ -203,7 +262,8 @@ std::string Value::repr() const {
       std::string out = dict_->is_namespace ? "<Namespace {" : "{";
       for (size_t i = 0; i < dict_->entries.size(); ++i) {
         if (i) out += ", ";
-        out += python_string_repr(dict_->entries[i].first) + ": " + dict_->entries[i].second.repr();
+        append_checked(out, python_string_repr(dict_->entries[i].first) + ": ");
+        append_checked(out, dict_->entries[i].second.repr());
       }
       return out + (dict_->is_namespace ? "}>" : "}");
     }
@@ -262,6 +322,7 @@ std::string Value::type_repr() const {
 }
 
 std::vector<size_t> utf8_offsets(std::string_view s) {
+  charge_steps(static_cast<int64_t>(s.size() / 16));  // content[i] in a loop would be quadratic
   std::vector<size_t> offsets;
   offsets.reserve(s.size() + 1);
   for (size_t i = 0; i < s.size(); ++i) {
@@ -269,6 +330,13 @@ std::vector<size_t> utf8_offsets(std::string_view s) {
   }
   offsets.push_back(s.size());  // sentinel: end of the last code point
   return offsets;
+}
+
+size_t utf8_length(std::string_view s) {
+  charge_steps(static_cast<int64_t>(s.size() / 64));
+  size_t n = 0;
+  for (char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80 ? 1 : 0;
+  return n;
 }
 
 }  // namespace tessera::chat_template

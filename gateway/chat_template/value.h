@@ -52,6 +52,8 @@ class Value {
   static Value tuple(ValueList items);
   Value(ValueDict dict);         // NOLINT
   static Value callable(std::string name, std::shared_ptr<const Value> self = nullptr);
+  // Throws TemplateError when j nests deeper than kMaxValueDepth or holds an integer beyond
+  // int64 (Python would keep it exact; we refuse rather than print a wrapped number).
   static Value from_json(const nlohmann::ordered_json& j);
 
   ValueKind kind() const { return kind_; }
@@ -61,6 +63,11 @@ class Value {
   bool is_list() const { return kind_ == ValueKind::kList; }
   bool is_tuple() const { return is_tuple_; }
   bool is_dict() const { return kind_ == ValueKind::kDict; }
+  // Lists and dicts nested inside this value, counting itself: 0 for a scalar.
+  int depth() const { return depth_; }
+  // Whether this is, or contains, a namespace: the only values a namespace attribute may not
+  // hold, since a namespace that reaches itself would be a cycle (leaked, endlessly printed).
+  bool holds_namespace() const { return holds_namespace_; }
   bool is_number() const {
     return kind_ == ValueKind::kInt || kind_ == ValueKind::kFloat || kind_ == ValueKind::kBool;
   }
@@ -92,6 +99,10 @@ class Value {
   ValueKind kind_ = ValueKind::kUndefined;
   bool bool_ = false;
   bool is_tuple_ = false;
+  bool holds_namespace_ = false;
+  // Bounded by kMaxValueDepth when a list or dict is built, so that the recursive walks
+  // (repr, ==, tojson, destruction) stay within the stack.
+  uint16_t depth_ = 0;
   int64_t int_ = 0;
   double float_ = 0;
   std::shared_ptr<const std::string> string_;
@@ -105,5 +116,7 @@ std::string python_float_repr(double d);
 
 // Code points of a UTF-8 string, as byte offsets: Python indexes and slices str by code point.
 std::vector<size_t> utf8_offsets(std::string_view s);
+// The number of code points, len(str), without building the offsets.
+size_t utf8_length(std::string_view s);
 
 }  // namespace tessera::chat_template

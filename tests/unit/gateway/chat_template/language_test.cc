@@ -225,3 +225,109 @@ TEST_CASE("render-time errors are statuses, not crashes", "[chat_template][error
   CHECK(render("{% set x = 1 %}{% set x.y = 2 %}") == "ERROR: chat template: cannot assign attribute on non-namespace object");
   CHECK(render("{{ 1 < 'a' }}") == "ERROR: chat template: '<' not supported between instances of 'int' and 'str'");
 }
+
+TEST_CASE("integer arithmetic past 64 bits is an error, never a wrapped number", "[chat_template][overflow]") {
+  // Python has big ints; we refuse where it would need one (and C++ would have UB).
+  const std::string overflow = "ERROR: chat template: integer overflow in ";
+  CHECK(render("{{ 9223372036854775807 + 1 }}") == overflow + "'+': the result does not fit in 64 bits");
+  CHECK(render("{{ -9223372036854775807 - 2 }}") == overflow + "'-': the result does not fit in 64 bits");
+  CHECK(render("{{ 4294967296 * 4294967296 }}") == overflow + "'*': the result does not fit in 64 bits");
+  CHECK(render("{{ 2 ** 63 }}") == overflow + "'**': the result does not fit in 64 bits");
+  CHECK(render("{{ 2 ** 10**12 }}") == overflow + "'**': the result does not fit in 64 bits");  // fast, not 10^12 steps
+  CHECK(render("{{ -(-9223372036854775807 - 1) }}") == overflow + "'-': the result does not fit in 64 bits");
+  CHECK(render("{{ (-9223372036854775807 - 1) // -1 }}") == overflow + "'//': the result does not fit in 64 bits");
+  CHECK(render("{{ (-9223372036854775807 - 1)|abs }}") == overflow + "'-': the result does not fit in 64 bits");
+  CHECK(load_error("{{ 99999999999999999999 }}") ==
+        "chat template 1:4: integer literal 99999999999999999999 does not fit in 64 bits");
+  // Right at the edges, exact.
+  CHECK(render("{{ -9223372036854775807 - 1 }}|{{ 9223372036854775806 + 1 }}|{{ 2 ** 62 }}|{{ (-2) ** 63 }}|"
+               "{{ 1 ** 10**18 }}|{{ (-1) ** (10**18 + 1) }}") ==
+        "-9223372036854775808|9223372036854775807|4611686018427387904|-9223372036854775808|1|-1");
+  CHECK(render("{{ (-9223372036854775807 - 1) % -1 }}|{{ (-9223372036854775807 - 1) is divisibleby(-1) }}|"
+               "{{ (-9223372036854775807 - 1) // 3 }}|{{ (-9223372036854775807 - 1) % 3 }}") ==
+        "0|True|-3074457345618258603|1");
+  // int() of floats Python cannot convert (inf, nan) falls back to the default, as Jinja's int filter
+  // does; so does one that would need a big int (Python: 1000000000000000052504760255204420248704...).
+  CHECK(render("{{ '1e400'|int }}|{{ 'nan'|int(7) }}|{{ 1e300|int(-1) }}|{{ 2.9|int }}|{{ -2.9|int }}") ==
+        "0|7|-1|2|-2");
+  CHECK(render("{{ '99999999999999999999'|int(-1) }}|{{ '-9223372036854775808'|int }}") == "-1|-9223372036854775808");
+}
+
+TEST_CASE("division and modulo by zero are clear errors, as Python raises them", "[chat_template][overflow]") {
+  CHECK(render("{{ 1 / 0 }}") == "ERROR: chat template: division by zero");
+  CHECK(render("{{ 1 // 0 }}") == "ERROR: chat template: integer division or modulo by zero");
+  CHECK(render("{{ 1 % 0 }}") == "ERROR: chat template: integer modulo by zero");
+  CHECK(render("{{ 1.0 // 0 }}") == "ERROR: chat template: float floor division by zero");
+  CHECK(render("{{ 1.0 % 0.0 }}") == "ERROR: chat template: float modulo");
+  CHECK(render("{{ 0 ** -1 }}") == "ERROR: chat template: 0.0 cannot be raised to a negative power");
+  CHECK(render("{{ 3 is divisibleby 0 }}") == "ERROR: chat template: integer modulo by zero");
+  // Python's signs: the result of % takes the divisor's.
+  CHECK(render("{{ 7.5 // 2 }} {{ -7.5 % 2 }} {{ 7 % -3 }} {{ -7 // 2.0 }} {{ -7 % 3 }}") == "3.0 0.5 -2 -4.0 2");
+}
+
+TEST_CASE("floats print as Python's repr", "[chat_template][floats]") {
+  // Checked against jinja2 3.1.6.
+  CHECK(render("{{ 1e16 }} {{ 1e15 }} {{ 0.0001 }} {{ 0.00001 }} {{ -0.0 }} {{ 1.5e300 * 1e10 }} {{ 2.5 }} {{ 1 / 3 }} "
+               "{{ 100.0 }}") == "1e+16 1000000000000000.0 0.0001 1e-05 -0.0 inf 2.5 0.3333333333333333 100.0");
+  CHECK(render("{{ 1e400 }} {{ -1e400 }} {{ 1e-400 }} {{ 5e-324 }} {{ 1.7976931348623157e308 }} {{ 123456789.125 }}") ==
+        "inf -inf 0.0 5e-324 1.7976931348623157e+308 123456789.125");
+  CHECK(render("{{ 3.0 is odd }}{{ 4.0 is even }}{{ 2.5 is odd }}") == "TrueTrueFalse");
+}
+
+TEST_CASE("slices with negative and huge steps follow Python", "[chat_template][slicing]") {
+  // Checked against jinja2 3.1.6.
+  CHECK(render("{{ [1,2,3,4,5][::-2] }} {{ [1,2,3,4,5][4:0:-2] }} {{ [1,2,3,4,5][-1:-6:-1] }} {{ 'abcdef'[10:0:-3] }}") ==
+        "[5, 3, 1] [5, 3] [5, 4, 3, 2, 1] fc");
+  CHECK(render("{{ [1,2,3][1::9223372036854775807] }} {{ [1,2,3][::-9223372036854775807] }} {{ [1,2,3][-99:99] }} "
+               "{{ [1,2,3][99:-99:-1] }} {{ 'héllo'[::-2] }}") == "[2] [3] [1, 2, 3] [3, 2, 1] olh");
+  CHECK(render("{{ [1,2,3][::0] }}") == "ERROR: chat template: slice step cannot be zero");
+  CHECK(render("{{ range(9223372036854775800, 9223372036854775807, 3)|list }}") ==
+        "[9223372036854775800, 9223372036854775803, 9223372036854775806]");
+  CHECK(render("{{ range(-9223372036854775807 - 1, -9223372036854775807 - 1 + 10, 4)|list }}|{{ range(3, -3, -2)|list }}") ==
+        "[-9223372036854775808, -9223372036854775804, -9223372036854775800]|[3, 1, -1]");
+}
+
+TEST_CASE("loop refers to the innermost loop; an outer one is reachable through set", "[chat_template][loops]") {
+  // Checked against jinja2 3.1.6.
+  CHECK(render("{% for a in [1,2] %}{% for b in 'xy' %}{{ loop.index }}{{ b }}{% endfor %}{{ loop.index }}"
+               "{{ loop.last }};{% endfor %}") == "1x2y1False;1x2y2True;");
+  CHECK(render("{% for a in [1,2] %}{% set outer = loop %}{% for b in 'xy' %}{{ outer.index }}{{ loop.index }}"
+               "{% endfor %};{% endfor %}") == "1112;2122;");
+  CHECK(render("{% for a in [1,2] %}{% for b in [] %}{% else %}{{ loop.index }}{% endfor %}{% endfor %}") == "12");
+}
+
+TEST_CASE("string literal escapes decode as Python's unicode-escape", "[chat_template][expressions]") {
+  // Checked against jinja2 3.1.6.
+  CHECK(render(R"({{ '\012|\x41|\u00e9|\U0001F600|\q|\0|\101\1010' }})") == std::string("\n|A|é|😀|\\q|") +
+                                                                                 std::string(1, '\0') + "|AA0");
+  CHECK(load_error(R"({{ '\xZZ' }})") == "chat template 1:4: truncated \\x escape in string literal");
+  CHECK(load_error(R"({{ '\u12' }})") == "chat template 1:4: truncated \\u escape in string literal");
+  CHECK(load_error(R"({{ '\U00110000' }})") == "chat template 1:4: illegal Unicode character in string literal");
+  CHECK(load_error(R"({{ '\N{BULLET}' }})") == "chat template 1:4: \\N{...} escapes are not supported in string literals");
+}
+
+TEST_CASE("CRLF and CR line endings in a template render as LF, as Jinja normalises them", "[chat_template][whitespace]") {
+  // Checked against jinja2 3.1.6: 'a\r\nb{% if true %}\r\nc{% endif %}\r\n' renders 'a\nbc'.
+  CHECK(render("a\r\nb{% if true %}\r\nc{% endif %}\r\n") == "a\nbc");
+  CHECK(render("a\rb\r\n  {% if true %}\r\nc{% endif %}") == "a\nb\nc");
+  CHECK(render("{{ 'x\r\ny' }}") == "x\ny");
+}
+
+TEST_CASE("unique folds case and uses a set, as Jinja's does", "[chat_template][filters]") {
+  // Checked against jinja2 3.1.6.
+  CHECK(render("{{ ['a', 'A', 'b']|unique|list }}|{{ ['a', 'A']|unique(case_sensitive=true)|list }}|"
+               "{{ [1, 1.0, true, 2, none, none]|unique|list }}") == "['a', 'b']|['a', 'A']|[1, 2, None]");
+  CHECK(render("{{ [{'n': 'x'}, {'n': 'X'}, {'n': 'y'}]|unique(attribute='n')|map(attribute='n')|list }}") ==
+        "['x', 'y']");
+  CHECK(render("{{ [[1], [1]]|unique|list }}") == "ERROR: chat template: unhashable type: 'list'");
+  CHECK(render("{{ range(100000)|unique|list|length }}") == "100000");  // linear, not 5e9 comparisons
+}
+
+TEST_CASE("method arguments of the wrong type are errors, not crashes", "[chat_template][errors]") {
+  // These dereferenced a missing string, or threw std::out_of_range past render().
+  CHECK(render("{{ 'abc'.strip(1) }}") == "ERROR: chat template: strip arg must be None or str");
+  CHECK(render("{{ 'abc'.lstrip([]) }}") == "ERROR: chat template: strip arg must be None or str");
+  CHECK(render("{{ 'a b'.split(1) }}") == "ERROR: chat template: must be str or None, not int");
+  CHECK(render("{{ '{99999999999999999999999}'.format(1) }}") ==
+        "ERROR: chat template: format: no argument for field '{99999999999999999999999}'");
+}
