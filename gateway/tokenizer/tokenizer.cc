@@ -13,6 +13,18 @@
 namespace tessera::tokenizer {
 namespace {
 
+// The Strip decoder: drops up to num_spaces_to_strip spaces from the text appended at
+// `first`; once any other text came out, nothing more is stripped.
+void strip_leading_spaces(std::string& out, size_t first, int& num_spaces_to_strip) {
+  size_t strip_at = first;
+  while (num_spaces_to_strip > 0 && strip_at < out.size() && out[strip_at] == ' ') {
+    ++strip_at;
+    --num_spaces_to_strip;
+  }
+  out.erase(first, strip_at - first);
+  if (out.size() > first) num_spaces_to_strip = 0;
+}
+
 // Rust's char::is_whitespace (the White_Space property), which HF uses for lstrip/rstrip.
 bool is_whitespace(uint32_t cp) {
   return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
@@ -240,13 +252,7 @@ void Tokenizer::Impl::feed(TokenId id, const DecodeOptions& options, std::string
     flush(held, no_strip, out);
     out += decoded_piece[static_cast<size_t>(id)];
   }
-  size_t strip_at = first;
-  while (num_spaces_to_strip > 0 && strip_at < out.size() && out[strip_at] == ' ') {
-    ++strip_at;
-    --num_spaces_to_strip;
-  }
-  out.erase(first, strip_at - first);
-  if (out.size() > first) num_spaces_to_strip = 0;
+  strip_leading_spaces(out, first, num_spaces_to_strip);
 }
 
 void Tokenizer::Impl::flush(std::string& held, int& num_spaces_to_strip, std::string& out) const {
@@ -260,13 +266,7 @@ void Tokenizer::Impl::flush(std::string& held, int& num_spaces_to_strip, std::st
     for (size_t i = 0; i < held.size(); ++i) out += utf8::kReplacementChar;
   }
   held.clear();
-  size_t strip_at = first;
-  while (num_spaces_to_strip > 0 && strip_at < out.size() && out[strip_at] == ' ') {
-    ++strip_at;
-    --num_spaces_to_strip;
-  }
-  out.erase(first, strip_at - first);
-  if (out.size() > first) num_spaces_to_strip = 0;
+  strip_leading_spaces(out, first, num_spaces_to_strip);
 }
 
 Result<std::string> Tokenizer::decode(std::span<const TokenId> ids, const DecodeOptions& options) const {
