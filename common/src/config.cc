@@ -3,11 +3,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "config_schema.h"
+#include "tessera/common/files.h"
 
 namespace tessera {
 namespace {
@@ -263,12 +262,9 @@ Result<Config> parse_config(std::string_view yaml_text, std::string_view name, c
 
 Result<Config> load_config(const ConfigSources& sources) {
   if (!sources.file) return parse_config("", "(no file)", sources.overrides);
-  std::ifstream in(*sources.file, std::ios::binary);
-  if (!in) return not_found(*sources.file + ": cannot open config file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return data_loss(*sources.file + ": read error");
-  return parse_config(text.str(), *sources.file, sources.overrides);
+  auto text = read_file(*sources.file, "config file");
+  if (!text.is_ok()) return text.status();
+  return parse_config(*text, *sources.file, sources.overrides);
 }
 
 std::string dump_config_yaml(const Config& config) {

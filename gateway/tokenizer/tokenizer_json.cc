@@ -1,12 +1,11 @@
 // Front end for Hugging Face tokenizer.json: maps the pipeline objects we support onto a
 // TokenizerSpec and rejects the rest by name, so an unsupported tokenizer fails at load
 // rather than tokenizing subtly wrong.
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "gateway/tokenizer/tokenizer.h"
+#include "tessera/common/files.h"
 
 namespace tessera::tokenizer {
 namespace {
@@ -280,11 +279,9 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(std::string_view json_text) {
 }
 
 Result<Tokenizer> Tokenizer::from_tokenizer_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return not_found("cannot open tokenizer file " + path.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  auto tokenizer = from_tokenizer_json(text.str());
+  auto text = read_file(path, "tokenizer file");
+  if (!text.is_ok()) return text.status();
+  auto tokenizer = from_tokenizer_json(*text);
   if (!tokenizer.is_ok()) return tokenizer.status().with_context(path.string());
   return tokenizer;
 }

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+
+#include "tessera/common/files.h"
 
 namespace tessera::models {
 namespace {
@@ -144,14 +144,6 @@ Status parse_rope_scaling(const json& j, std::string_view source, RopeScaling& o
   return Status::ok();
 }
 
-Result<std::string> read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return not_found(path.string() + ": cannot open");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 }  // namespace
 
 std::string_view family_name(ModelFamily family) {
@@ -274,7 +266,7 @@ Result<ModelConfig> load_hf_config(const std::string& path) {
   if (!std::filesystem::exists(p)) return not_found(path + ": no such file or directory");
   std::filesystem::path dir = std::filesystem::is_directory(p) ? p : p.parent_path();
   std::filesystem::path config_path = std::filesystem::is_directory(p) ? p / "config.json" : p;
-  auto text = read_text(config_path);
+  auto text = read_file(config_path, "model config");
   if (!text.is_ok()) return text.status();
   auto config = parse_hf_config(*text, config_path.string());
   if (!config.is_ok()) return config;
@@ -282,7 +274,7 @@ Result<ModelConfig> load_hf_config(const std::string& path) {
   // end_of_text, eom and eot), which config.json often leaves out.
   std::filesystem::path gen_path = dir / "generation_config.json";
   if (std::filesystem::exists(gen_path)) {
-    auto gen_text = read_text(gen_path);
+    auto gen_text = read_file(gen_path, "generation config");
     if (!gen_text.is_ok()) return gen_text.status();
     json g;
     try {
