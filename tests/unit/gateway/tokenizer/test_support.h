@@ -13,26 +13,13 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/tokenizer/tokenizer.h"
+#include "test_data.h"
 #include "worker/loader/gguf_file.h"
 
 namespace tessera::tokenizer::testing {
 
-inline std::string model_cache_dir() {
-  if (const char* env = std::getenv("TESSERA_MODEL_CACHE"); env != nullptr && *env != '\0') return env;
-  const char* home = std::getenv("HOME");
-  return std::string(home != nullptr ? home : "") + "/.cache/tessera/models";
-}
-
-// $TESSERA_TEST_VOCAB_DIR (scripts/test sets it), else where scripts/fetch-test-vocabs puts them.
-inline std::string vocab_dir() {
-  if (const char* env = std::getenv("TESSERA_TEST_VOCAB_DIR"); env != nullptr && *env != '\0') return env;
-  return model_cache_dir() + "/vocabs";
-}
-
-inline std::string test_model_path() {
-  if (const char* env = std::getenv("TESSERA_TEST_MODEL"); env != nullptr && *env != '\0') return env;
-  return model_cache_dir() + "/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+using tessera::testing::test_model_path;
+using tessera::testing::vocab_dir;
 
 inline std::string fixture_path(const std::string& name) {
   return std::string(TESSERA_SOURCE_DIR) + "/tests/fixtures/tokenizer/" + name;

@@ -8,14 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "test_data.h"
+
 namespace tessera::loader::testing {
 
-// $TESSERA_TEST_MODEL (scripts/test sets it), else where scripts/fetch-model puts it.
-inline std::string test_model_path() {
-  if (const char* env = std::getenv("TESSERA_TEST_MODEL"); env != nullptr && *env != '\0') return env;
-  const char* home = std::getenv("HOME");
-  return std::string(home != nullptr ? home : "") + "/.cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+using tessera::testing::test_model_path;
 
 inline std::string fixture_path(const std::string& name) {
   return std::string(TESSERA_SOURCE_DIR) + "/tests/fixtures/gguf/" + name;

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
+#include "test_data.h"
 #include "worker/loader/gguf_file.h"
 #include "worker/models/model_config.h"
 
@@ -155,9 +155,7 @@ TEST_CASE("a missing tensor is reported by name, with the count", "[models]") {
 }
 
 TEST_CASE("the test model's GGUF metadata gives SmolLM2's config, matching its config.json", "[models][gguf]") {
-  const char* env = std::getenv("TESSERA_TEST_MODEL");
-  std::string path = env ? env : std::string(std::getenv("HOME")) + "/.cache/tessera/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  auto file = tessera::loader::GgufFile::open(path);
+  auto file = tessera::loader::GgufFile::open(tessera::testing::test_model_path());
   INFO(file.status().to_string() << " (run scripts/fetch-model)");
   REQUIRE(file.is_ok());
   auto g = models::config_from_gguf(*file);
