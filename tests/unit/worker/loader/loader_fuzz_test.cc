@@ -115,6 +115,16 @@ std::vector<std::byte> truncated(const std::vector<std::byte>& bytes, std::mt199
   return {bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n)};
 }
 
+// Mutation number i of a run: i % 3 == 0 truncates (so no strict prefix may parse), 1 flips
+// bytes inside the header region, 2 flips and then truncates.
+std::vector<std::byte> mutation(const std::vector<std::byte>& bytes, size_t header_region, int i, std::mt19937& rng) {
+  switch (i % 3) {
+    case 0: return truncated(bytes, rng);
+    case 1: return flipped(bytes, header_region, 3, rng);
+    default: return truncated(flipped(bytes, header_region, 2, rng), rng);
+  }
+}
+
 std::vector<std::byte> synthetic_gguf() {
   GgufBuilder b(3);
   b.kv_string("general.architecture", "llama")
@@ -248,12 +258,7 @@ TEST_CASE("random truncations and byte flips of a synthetic GGUF never crash the
   uint64_t num_ok = 0;
   uint64_t sink = 0;
   for (int i = 0; i < 10000; ++i) {
-    std::vector<std::byte> mutated;
-    switch (i % 3) {
-      case 0: mutated = truncated(bytes, rng); break;
-      case 1: mutated = flipped(bytes, header_bytes, 3, rng); break;
-      default: mutated = truncated(flipped(bytes, header_bytes, 2, rng), rng); break;
-    }
+    std::vector<std::byte> mutated = mutation(bytes, header_bytes, i, rng);
     auto file = GgufFile::from_buffer(std::move(mutated));
     if (i % 3 == 0) CHECK_FALSE(file.is_ok());  // every strict prefix lacks tensor data
     if (file.is_ok()) {
@@ -288,12 +293,7 @@ TEST_CASE("random truncations and byte flips of a synthetic safetensors file nev
   uint64_t num_ok = 0;
   uint64_t sink = 0;
   for (int i = 0; i < 10000; ++i) {
-    std::vector<std::byte> mutated;
-    switch (i % 3) {
-      case 0: mutated = truncated(bytes, rng); break;
-      case 1: mutated = flipped(bytes, 8 + header_bytes, 3, rng); break;
-      default: mutated = truncated(flipped(bytes, 8 + header_bytes, 2, rng), rng); break;
-    }
+    std::vector<std::byte> mutated = mutation(bytes, 8 + header_bytes, i, rng);
     auto file = SafetensorsFile::from_buffer(std::move(mutated));
     if (i % 3 == 0) CHECK_FALSE(file.is_ok());
     if (file.is_ok()) {
