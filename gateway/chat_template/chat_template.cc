@@ -1,12 +1,11 @@
 #include "gateway/chat_template/chat_template.h"
 
-#include <fstream>
 #include <new>
-#include <sstream>
 #include <stdexcept>
 
 #include "gateway/chat_template/evaluator.h"
 #include "gateway/chat_template/parser.h"
+#include "tessera/common/files.h"
 
 namespace tessera::chat_template {
 namespace {
@@ -72,9 +71,9 @@ Result<ChatTemplate> ChatTemplate::from_tokenizer_config(const nlohmann::json& c
 
 Result<ChatTemplate> ChatTemplate::from_tokenizer_config_file(const std::filesystem::path& path,
                                                               std::string_view name) {
-  std::ifstream in(path);
-  if (!in) return not_found("cannot open " + path.string());
-  nlohmann::json config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  auto text = read_file(path, "tokenizer config");
+  if (!text.is_ok()) return text.status();
+  nlohmann::json config = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (config.is_discarded()) return invalid_argument(path.string() + ": invalid JSON");
   Result<ChatTemplate> t = from_tokenizer_config(config, name);
   if (!t.is_ok()) return t.status().with_context(path.string() + ": ");
