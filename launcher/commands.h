@@ -15,5 +15,6 @@ int run_config(const Args& args);
 int run_inspect(const Args& args);
 int run_tokenize(const Args& args);
 int run_detokenize(const Args& args);
+int run_generate(const Args& args);
 
 }  // namespace tessera::launcher

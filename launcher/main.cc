@@ -23,6 +23,15 @@ constexpr const char* kHelp =
     "                        print the token ids of TEXT (or of stdin)\n"
     "  detokenize [--model MODEL] [--skip-special] [--json] ID...|-\n"
     "                        print the text of token ids (or of ids read from stdin)\n"
+    "  generate [--model MODEL] (--prompt TEXT [--chat] | --prompt-ids IDS) [--max-tokens N]\n"
+    "           [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
+    "           [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
+    "           [--logprobs N] [--ignore-eos] [--json] [--threads N] [--page-size N]\n"
+    "           [--kv-cache-tokens N] [--max-batch-tokens N] [--dequantize]\n"
+    "                        generate offline with the CPU engine (greedy unless --temperature)\n"
+    "  generate --benchmark [--model MODEL] [--threads N] [--prompt-tokens 512]\n"
+    "           [--decode-prompt-tokens 64] [--decode-tokens 128] [--concurrency 1,4,16]\n"
+    "                        engine throughput: prefill and decode tok/s, peak RSS (JSON)\n"
     "\n"
     "Options:\n"
     "  -h, --help     show this help and exit\n"
@@ -42,5 +51,6 @@ int main(int argc, char** argv) {
   if (args[0] == "inspect") return launcher::run_inspect(args);
   if (args[0] == "tokenize") return launcher::run_tokenize(args);
   if (args[0] == "detokenize") return launcher::run_detokenize(args);
+  if (args[0] == "generate") return launcher::run_generate(args);
   return tessera::cli::usage_error(launcher::kProgram, "unknown command '" + args[0] + "'");
 }

@@ -1,0 +1,239 @@
+// `tessera generate`: offline generation in-process (engine + tokenizer, no services),
+// and with --benchmark the engine throughput workload of scripts/bench/cpu-engine.
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "launcher/commands.h"
+#include "launcher/generate_options.h"
+#include "launcher/model_files.h"
+#include "tessera/common/cli.h"
+#include "worker/engine/offline_runner.h"
+
+namespace tessera::launcher {
+namespace {
+
+template <typename T>
+bool parse_number(const std::string& s, T* out) {
+  if constexpr (std::is_floating_point_v<T>) {
+    try {
+      size_t used = 0;
+      const double v = std::stod(s, &used);
+      if (used != s.size()) return false;
+      *out = static_cast<T>(v);
+      return true;
+    } catch (...) {
+      return false;
+    }
+  } else {
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+    return ec == std::errc() && p == s.data() + s.size();
+  }
+}
+
+template <typename T>
+bool parse_list(const std::string& s, std::vector<T>* out) {
+  out->clear();
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = std::min(s.find(',', start), s.size());
+    T v{};
+    if (!parse_number(s.substr(start, comma - start), &v)) return false;
+    out->push_back(v);
+    start = comma + 1;
+  }
+  return !out->empty();
+}
+
+int fail(const Status& s) {
+  std::fprintf(stderr, "tessera generate: %s\n", s.message().c_str());
+  return 1;
+}
+
+}  // namespace
+
+GenerateOptions parse_generate_args(const Args& args) {
+  GenerateOptions o;
+  o.sampling.temperature = 0.0f;
+  auto need = [&](size_t& i, const std::string& name) -> std::optional<std::string> {
+    if (i + 1 >= args.size()) {
+      o.error = name + " needs a value";
+      return std::nullopt;
+    }
+    return args[++i];
+  };
+  for (size_t i = 1; i < args.size() && o.error.empty(); ++i) {
+    std::string a = args[i];
+    std::optional<std::string> inline_value;
+    if (a.starts_with("--") && a.find('=') != std::string::npos) {
+      inline_value = a.substr(a.find('=') + 1);
+      a = a.substr(0, a.find('='));
+    }
+    auto value = [&]() { return inline_value ? inline_value : need(i, a); };
+    auto number = [&](auto* out) {
+      auto v = value();
+      if (v && !parse_number(*v, out)) o.error = a + ": '" + *v + "' is not a valid number";
+    };
+    if (a == "--model" || a == "-m") {
+      if (auto v = value()) o.model = *v;
+    } else if (a == "--prompt" || a == "-p") {
+      o.prompt = value();
+    } else if (a == "--prompt-ids") {
+      std::vector<int32_t> ids;
+      auto v = value();
+      if (v && !parse_list(*v, &ids)) o.error = "--prompt-ids: expected comma-separated token ids";
+      o.prompt_ids = ids;
+    } else if (a == "--chat") {
+      o.chat = true;
+    } else if (a == "--max-tokens" || a == "-n") {
+      number(&o.max_tokens);
+    } else if (a == "--temperature") {
+      number(&o.sampling.temperature);
+    } else if (a == "--top-p") {
+      number(&o.sampling.top_p);
+    } else if (a == "--top-k") {
+      number(&o.sampling.top_k);
+    } else if (a == "--min-p") {
+      number(&o.sampling.min_p);
+    } else if (a == "--repetition-penalty") {
+      number(&o.sampling.repetition_penalty);
+    } else if (a == "--presence-penalty") {
+      number(&o.sampling.presence_penalty);
+    } else if (a == "--frequency-penalty") {
+      number(&o.sampling.frequency_penalty);
+    } else if (a == "--seed") {
+      number(&o.sampling.seed);
+    } else if (a == "--logprobs") {
+      number(&o.num_logprobs);
+    } else if (a == "--ignore-eos") {
+      o.ignore_eos = true;
+    } else if (a == "--json") {
+      o.json = true;
+    } else if (a == "--threads") {
+      number(&o.engine.num_threads);
+    } else if (a == "--page-size") {
+      number(&o.engine.page_size);
+    } else if (a == "--kv-cache-tokens") {
+      number(&o.engine.kv_cache_tokens);
+    } else if (a == "--max-batch-tokens") {
+      number(&o.engine.max_batch_tokens);
+    } else if (a == "--dequantize") {
+      o.engine.weight_mode = models::WeightMode::kDequantizeF32;
+    } else if (a == "--benchmark") {
+      o.benchmark = true;
+    } else if (a == "--prompt-tokens") {
+      number(&o.bench_prompt_tokens);
+    } else if (a == "--decode-prompt-tokens") {
+      number(&o.bench_decode_prompt_tokens);
+    } else if (a == "--decode-tokens") {
+      number(&o.bench_decode_tokens);
+    } else if (a == "--repeats") {
+      number(&o.bench_repeats);
+    } else if (a == "--concurrency") {
+      auto v = value();
+      if (v && !parse_list(*v, &o.bench_concurrency)) o.error = "--concurrency: expected a list like 1,4,16";
+    } else {
+      o.error = "unknown option '" + a + "'";
+    }
+  }
+  if (o.error.empty() && !o.benchmark && !o.prompt && !o.prompt_ids) o.error = "give --prompt TEXT or --prompt-ids IDS";
+  if (o.error.empty() && o.prompt && o.prompt_ids) o.error = "--prompt and --prompt-ids exclude each other";
+  if (o.error.empty() && o.num_logprobs > 20) o.error = "--logprobs is at most 20";
+  return o;
+}
+
+int run_generate(const Args& args) {
+  GenerateOptions o = parse_generate_args(args);
+  if (!o.error.empty()) return cli::usage_error(kProgram, "generate: " + o.error);
+  auto where = locate_model(o.model);
+  if (!where) return fail(where.status());
+  if (where->format != ModelFormat::kGguf) {
+    return fail(unimplemented(where->path + ": the CPU engine loads GGUF files; Hugging Face directories come with the "
+                                            "safetensors path of the engine"));
+  }
+  if (o.benchmark) return run_generate_benchmark(o, where->path);
+
+  auto gguf = loader::GgufFile::open(where->path);
+  if (!gguf) return fail(gguf.status());
+  auto tok = load_tokenizer(*where, &*gguf);
+  if (!tok) return fail(tok.status());
+  std::vector<int32_t> prompt;
+  if (o.prompt_ids) {
+    prompt = *o.prompt_ids;
+  } else {
+    std::string text = *o.prompt;
+    if (o.chat) {
+      auto tmpl = load_chat_template(*where, &*gguf);
+      if (!tmpl) return fail(tmpl.status());
+      if (!*tmpl) return fail(failed_precondition("--chat: the model has no chat template"));
+      chat_template::ChatRenderRequest req;
+      req.messages.push_back({{"role", "user"}, {"content", text}});
+      req.add_generation_prompt = true;
+      auto rendered = (*tmpl)->render(req);
+      if (!rendered) return fail(rendered.status());
+      text = *rendered;
+    }
+    tokenizer::EncodeOptions eo;
+    // A rendered chat prompt carries its own special tokens.
+    if (o.chat) eo.add_special_tokens = tokenizer::SpecialTokens::kNone;
+    auto ids = tok->encode(text, eo);
+    if (!ids) return fail(ids.status());
+    prompt.assign(ids->begin(), ids->end());
+  }
+
+  engine::EngineOptions eopts = o.engine;
+  eopts.max_sequences = 1;
+  eopts.kv_cache_tokens = std::max<int64_t>(eopts.kv_cache_tokens, static_cast<int64_t>(prompt.size()) + o.max_tokens);
+  const auto load_start = std::chrono::steady_clock::now();
+  auto engine = engine::Engine::load_gguf(where->path, eopts);
+  if (!engine) return fail(engine.status());
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+
+  engine::GenerationRequest request;
+  request.prompt = prompt;
+  request.sampling = o.sampling;
+  request.sampling.logprobs = o.num_logprobs > 0;
+  request.sampling.num_top_logprobs = o.num_logprobs;
+  request.max_tokens = o.max_tokens;
+  request.ignore_eos = o.ignore_eos;
+  engine::OfflineRunner runner(**engine, {});
+  const auto start = std::chrono::steady_clock::now();
+  auto results = runner.run({&request, 1});
+  if (!results) return fail(results.status());
+  const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const engine::GenerationResult& r = (*results)[0];
+  if (r.finish == engine::GenerationFinish::kError) return fail(r.error);
+  std::vector<tokenizer::TokenId> out_ids(r.tokens.begin(), r.tokens.end());
+  auto text = tok->decode(out_ids, {tokenizer::SpecialTokenOutput::kSkip});
+  if (!text) return fail(text.status());
+
+  if (o.json) {
+    nlohmann::json j;
+    j["prompt_token_ids"] = prompt;
+    j["token_ids"] = r.tokens;
+    j["text"] = *text;
+    j["finish_reason"] = engine::generation_finish_name(r.finish);
+    if (o.num_logprobs > 0) {
+      nlohmann::json lps = nlohmann::json::array();
+      for (const auto& s : r.samples) {
+        nlohmann::json top = nlohmann::json::array();
+        for (const auto& t : s.top) top.push_back({{"token_id", t.token_id}, {"logprob", t.logprob}});
+        lps.push_back({{"token_id", s.token_id}, {"logprob", s.logprob}, {"top", top}});
+      }
+      j["logprobs"] = lps;
+    }
+    j["seconds"] = gen_s;
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::printf("%s\n", text->c_str());
+  }
+  std::fprintf(stderr, "tessera generate: %s; loaded in %.2f s; %zu prompt + %zu generated tokens in %.3f s (%s)\n",
+               (*engine)->backend_name().c_str(), load_s, prompt.size(), r.tokens.size(), gen_s,
+               engine::generation_finish_name(r.finish));
+  return 0;
+}
+
+}  // namespace tessera::launcher

@@ -1,0 +1,129 @@
+// Batch invariance of the engine: a request's greedy tokens (and its logits, bit for bit)
+// are the same alone, in a batch of 16 sequences mixing prefill chunks and decodes, with
+// page size 1 and 16, and with its prompt split into prefill chunks.
+#include <cstring>
+#include <filesystem>
+
+#include "engine_fixtures.h"
+#include "worker/engine/offline_runner.h"
+
+using namespace tessera;
+using namespace tessera::engine;
+
+namespace {
+
+constexpr uint32_t kNewTokens = 16;
+
+struct Outcome {
+  std::vector<int32_t> tokens;
+  std::vector<float> first_logits;
+  OfflineRunStats stats;
+};
+
+// Runs `batch` and returns the outcome of request `which`.
+Outcome run(int64_t page_size, const std::vector<GenerationRequest>& batch, size_t which, OfflineRunnerOptions ro) {
+  const std::string model = testing::test_model_path();
+  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model (" << model << ")");
+  EngineOptions o;
+  o.page_size = page_size;
+  o.max_batch_tokens = 512;
+  o.max_sequences = 16;
+  o.kv_cache_tokens = 16 * 512;
+  auto engine = Engine::load_gguf(model, o);
+  REQUIRE(engine.is_ok());
+  ro.keep_first_logits = true;
+  OfflineRunner runner(**engine, ro);
+  auto results = runner.run(batch);
+  REQUIRE(results.is_ok());
+  const auto& r = (*results)[which];
+  REQUIRE(r.error.is_ok());
+  REQUIRE(r.tokens.size() == kNewTokens);
+  return {r.tokens, r.first_logits, runner.stats()};
+}
+
+GenerationRequest greedy(const std::vector<int32_t>& prompt) {
+  GenerationRequest r;
+  r.prompt = prompt;
+  r.sampling.temperature = 0;
+  r.max_tokens = kNewTokens;
+  r.ignore_eos = true;
+  return r;
+}
+
+void require_same(const Outcome& a, const Outcome& b) {
+  REQUIRE(a.tokens == b.tokens);
+  REQUIRE(a.first_logits.size() == b.first_logits.size());
+  REQUIRE(std::memcmp(a.first_logits.data(), b.first_logits.data(), a.first_logits.size() * sizeof(float)) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("a request's greedy output does not depend on batch, page size or prefill chunks", "[engine][batch]") {
+  const auto prompts = testing::load_reference_prompts();
+  // The request under test: a 319-token prompt (crosses many pages of 16).
+  const auto& subject = prompts[17];
+  REQUIRE(subject.token_ids.size() > 256);
+  const std::vector<GenerationRequest> alone{greedy(subject.token_ids)};
+  // Catch runs the test case once per section; the baseline is computed once.
+  static const Outcome base = run(16, alone, 0, {});
+
+  SECTION("page size 1") { require_same(base, run(1, alone, 0, {})); }
+  SECTION("prompt split into prefill chunks of 37 tokens") {
+    const Outcome chunked = run(16, alone, 0, {.prefill_chunk_tokens = 37});
+    REQUIRE(chunked.stats.num_steps > kNewTokens);  // the prompt really took several steps
+    require_same(base, chunked);
+  }
+  // 16 sequences with prompts of 1..423 tokens; a 96-token step budget forces prefill
+  // chunks of some sequences into the same steps as decodes of others.
+  std::vector<GenerationRequest> batch;
+  for (size_t i = 0; i < 16; ++i) batch.push_back(greedy(prompts[(i * 7) % prompts.size()].token_ids));
+  batch[9] = greedy(subject.token_ids);
+  for (int64_t page_size : {16, 1}) {
+    SECTION("in a batch of 16 mixed prefill/decode sequences, page size " + std::to_string(page_size)) {
+      const Outcome mixed = run(page_size, batch, 9, {.max_batch_tokens = 96, .prefill_chunk_tokens = 64});
+      REQUIRE(mixed.stats.max_running == 16);
+      REQUIRE(mixed.stats.num_mixed_steps > 0);
+      require_same(base, mixed);
+    }
+  }
+}
+
+TEST_CASE("a bad step plan is refused whole and leaves the engine usable", "[engine][errors]") {
+  const std::string model = testing::test_model_path();
+  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model");
+  EngineOptions o;
+  o.kv_cache_tokens = 256;
+  auto loaded = Engine::load_gguf(model, o);
+  REQUIRE(loaded.is_ok());
+  Engine& engine = **loaded;
+  SamplingOptions g;
+  g.temperature = 0;
+  auto step_with = [&](std::vector<NewSequence> news, std::vector<ScheduledSlice> slices) {
+    StepInput in;
+    in.new_sequences = std::move(news);
+    in.scheduled = std::move(slices);
+    return engine.step(in);
+  };
+  // A token id outside the vocabulary.
+  auto r = step_with({{1, {1, 2, 999999}, 3, g, {}, 0}}, {{1, 0, 3, {0}, true}});
+  REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
+  REQUIRE(engine.num_sequences() == 0);
+  // Pages that cannot hold the slice, and a page outside the cache.
+  r = step_with({{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {}, true}});
+  REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
+  r = step_with({{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {4096}, true}});
+  REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
+  // A start position that disagrees with the cache.
+  r = step_with({{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 1, 2, {0}, true}});
+  REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
+  REQUIRE(engine.num_sequences() == 0);
+  // The engine still runs a good plan afterwards.
+  r = step_with({{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {0}, true}});
+  REQUIRE(r.is_ok());
+  REQUIRE(r->sampled.size() == 1);
+  // Scheduling an unknown sequence fails; the known one is untouched and decodes on.
+  r = step_with({}, {{7, 0, 1, {}, true}});
+  REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
+  r = step_with({}, {{1, 3, 1, {}, true}});
+  REQUIRE(r.is_ok());
+}

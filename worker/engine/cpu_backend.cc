@@ -1,0 +1,167 @@
+#include "worker/engine/cpu_backend.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/float_ops.h"
+
+namespace tessera::engine {
+
+namespace kc = kernels::cpu;
+
+CpuBackend::CpuBackend(CpuBackendOptions options) : options_(options) {
+  num_threads_ = options_.num_threads > 0 ? options_.num_threads : kc::cpu_features().num_logical_cpus;
+  num_threads_ = std::max(1, num_threads_);
+  // The engine's step thread owns the OpenMP team every kernel call uses.
+  omp_set_num_threads(num_threads_);
+}
+
+std::string CpuBackend::name() const {
+  const kc::MatmulPath path =
+      options_.matmul_path == kc::MatmulPath::kAuto ? kc::active_matmul_path() : options_.matmul_path;
+  return "cpu (" + std::to_string(num_threads_) + " threads, " + kc::matmul_path_name(path) + ")";
+}
+
+Result<WeightTensor> CpuBackend::upload_weight(GgmlType type, std::span<const std::byte> host, int64_t n, int64_t k) {
+  const auto row_bytes = kc::row_size_bytes(type, k);
+  if (!row_bytes || *row_bytes * n != static_cast<int64_t>(host.size())) {
+    return invalid_argument("weight [" + std::to_string(n) + ", " + std::to_string(k) + "] " +
+                            std::string(kc::ggml_type_name(type)) + " does not match its " +
+                            std::to_string(host.size()) + " bytes");
+  }
+  return WeightTensor{type, host.data(), n, k, static_cast<int64_t>(host.size())};
+}
+
+Result<float*> CpuBackend::allocate_floats(int64_t count, std::string_view what) {
+  if (count < 0) return invalid_argument("allocate " + std::string(what) + ": negative size");
+  auto buffer = std::unique_ptr<float[]>(new (std::nothrow) float[static_cast<size_t>(std::max<int64_t>(count, 1))]());
+  if (!buffer) {
+    return resource_exhausted("allocating " + std::to_string(count * 4) + " bytes for " + std::string(what));
+  }
+  buffers_.push_back(std::move(buffer));
+  return buffers_.back().get();
+}
+
+Status CpuBackend::upload_floats(std::span<const float> host, float* dst) {
+  std::copy(host.begin(), host.end(), dst);
+  return Status::ok();
+}
+
+Status CpuBackend::allocate_kv(const KvShape& shape) {
+  kv_shape_ = shape;
+  layer_floats_ = shape.num_pages * shape.page_size * shape.num_kv_heads * shape.head_dim;
+  try {
+    kv_.assign(static_cast<size_t>(2 * shape.num_layers * layer_floats_), 0.0f);
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("allocating the KV cache: " + std::to_string(shape.bytes()) + " bytes");
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::copy_kv_pages(std::span<const std::pair<int32_t, int32_t>> src_dst) {
+  const int64_t page_floats = kv_shape_.page_size * kv_shape_.num_kv_heads * kv_shape_.head_dim;
+  for (const auto& [src, dst] : src_dst) {
+    if (src < 0 || dst < 0 || src >= kv_shape_.num_pages || dst >= kv_shape_.num_pages) {
+      return invalid_argument("copy_kv_pages: page outside the cache");
+    }
+    for (int64_t layer = 0; layer < kv_shape_.num_layers; ++layer) {
+      for (float* base : {layer_k(layer), layer_v(layer)}) {
+        std::memcpy(base + dst * page_floats, base + src * page_floats, static_cast<size_t>(page_floats) * 4);
+      }
+    }
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::begin_step(const StepLayout& layout) {
+  layout_ = layout;
+  attention_sequences_.clear();
+  for (const StepSequence& s : layout.sequences) {
+    attention_sequences_.push_back({s.token_begin, s.num_tokens, s.start_position, s.page_table});
+  }
+  rope_table_key_ = nullptr;
+  for (const int64_t slot : layout.kv_slots) {
+    if (slot < 0 || slot >= kv_shape_.num_pages * kv_shape_.page_size) {
+      return invalid_argument("step: KV slot " + std::to_string(slot) + " is outside the cache");
+    }
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::embed(const WeightTensor& table, float scale, float* out) {
+  return kc::embedding_lookup({table.type, {table.data, static_cast<size_t>(table.bytes)}, table.n, table.k,
+                               layout_.token_ids, out, scale});
+}
+
+Status CpuBackend::rms_norm(const float* x, const float* weight, float eps, float* out, int64_t rows, int64_t width) {
+  kc::rms_norm({x, width, weight, out, width, rows, width, eps});
+  return Status::ok();
+}
+
+Status CpuBackend::matmul(const float* x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) {
+  kc::MatmulOutput outputs[8];
+  if (targets.size() > std::size(outputs)) return invalid_argument("matmul: at most 8 outputs per call");
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const WeightTensor& w = *targets[i].weight;
+    outputs[i] = {{w.type, {w.data, static_cast<size_t>(w.bytes)}, w.n, w.k},
+                  targets[i].y,
+                  targets[i].y_stride,
+                  targets[i].bias};
+  }
+  return kc::matmul({x, m, k, 0, {outputs, targets.size()}, options_.matmul_path}, matmul_workspace_);
+}
+
+Status CpuBackend::rope(float* q, int64_t num_heads, float* k, int64_t num_kv_heads, int64_t head_dim,
+                        std::span<const float> inv_freq, RopeStyle style) {
+  const int64_t n = layout_.num_tokens();
+  // Every layer rotates the same positions: compute cos/sin once per step.
+  if (rope_table_key_ != inv_freq.data()) {
+    rope_cos_.resize(static_cast<size_t>(n) * inv_freq.size());
+    rope_sin_.resize(rope_cos_.size());
+    kc::rope_tables(layout_.positions, inv_freq, rope_cos_.data(), rope_sin_.data());
+    rope_table_key_ = inv_freq.data();
+  }
+  kc::apply_rope({q, 0, n, num_heads, head_dim, rope_cos_.data(), rope_sin_.data(), style});
+  kc::apply_rope({k, 0, n, num_kv_heads, head_dim, rope_cos_.data(), rope_sin_.data(), style});
+  return Status::ok();
+}
+
+Status CpuBackend::attention(int64_t layer, const float* q, const float* k, const float* v, int64_t num_heads,
+                             float scale, int64_t sliding_window, float* out) {
+  const kc::KvCacheShape shape{kv_shape_.num_pages, kv_shape_.page_size, kv_shape_.num_kv_heads, kv_shape_.head_dim};
+  kc::store_kv({shape, layer_k(layer), layer_v(layer), k, v, 0, layout_.kv_slots});
+  return kc::paged_attention({shape, layer_k(layer), layer_v(layer), q, 0, out, 0, num_heads, scale, sliding_window,
+                              attention_sequences_});
+}
+
+Status CpuBackend::silu_mul(const float* gate, const float* up, int64_t in_stride, float* out, int64_t rows,
+                            int64_t width) {
+  kc::silu_mul(gate, up, in_stride, out, rows, width);
+  return Status::ok();
+}
+
+Status CpuBackend::add(float* x, const float* y, int64_t count, float scale) {
+  kc::add_scaled(x, y, count, scale);
+  return Status::ok();
+}
+
+Status CpuBackend::gather_rows(const float* src, std::span<const int32_t> rows, int64_t width, float* dst) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::memcpy(dst + static_cast<int64_t>(i) * width, src + static_cast<int64_t>(rows[i]) * width,
+                static_cast<size_t>(width) * 4);
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::download(const float* src, int64_t count, std::span<float> dst) {
+  if (static_cast<int64_t>(dst.size()) < count) return invalid_argument("download: destination too small");
+  std::memcpy(dst.data(), src, static_cast<size_t>(count) * 4);
+  return Status::ok();
+}
+
+}  // namespace tessera::engine

@@ -1,0 +1,123 @@
+// The worker's engine: the model, its backend, the paged KV cache and the per-sequence
+// state a step needs, driven one step at a time.
+//
+// A step plan (StepInput) carries only deltas, as the router's StepPlan does: sequences
+// that are new (with every known token), which sequences advance by how many tokens and
+// with which new pages, and which are released. The engine checks the whole plan before
+// changing anything, so a bad plan fails alone and leaves every sequence as it was.
+//
+// Thread: one step thread calls everything; kernels fan out to the OpenMP team.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/matmul.h"
+#include "worker/engine/backend.h"
+#include "worker/engine/sampler.h"
+#include "worker/loader/gguf_file.h"
+#include "worker/models/llama_model.h"
+
+namespace tessera::engine {
+
+struct EngineOptions {
+  int num_threads = 0;               // 0: every CPU in this process's affinity mask
+  int64_t page_size = 16;            // tokens per KV page; 1 = token-level
+  int64_t kv_cache_tokens = 8192;    // KV capacity, rounded up to whole pages
+  int64_t max_batch_tokens = 512;    // tokens per step (prefill chunks + decodes)
+  int64_t max_sequences = 64;        // sequences sampled per step
+  models::WeightMode weight_mode = models::WeightMode::kNative;
+  kernels::cpu::MatmulPath matmul_path = kernels::cpu::MatmulPath::kAuto;
+  [[nodiscard]] Status validate() const;
+};
+
+struct NewSequence {
+  uint64_t seq_id = 0;
+  std::vector<int32_t> token_ids;  // the prompt, then tokens generated before a recompute
+  uint32_t num_prompt_tokens = 0;
+  SamplingOptions sampling;
+  // Pages already holding the KV of the first num_cached_tokens tokens (prefix cache).
+  std::vector<int32_t> cached_pages;
+  uint32_t num_cached_tokens = 0;
+};
+
+struct ScheduledSlice {
+  uint64_t seq_id = 0;
+  uint32_t start_position = 0;  // tokens already in the cache
+  uint32_t num_tokens = 0;      // computed now
+  std::vector<int32_t> new_pages;
+  bool sample = false;          // sample after this slice (it must end at the last known token)
+};
+
+struct StepInput {
+  std::vector<NewSequence> new_sequences;
+  std::vector<ScheduledSlice> scheduled;
+  std::vector<uint64_t> released_seq_ids;
+  std::vector<std::pair<int32_t, int32_t>> page_copies;  // (src, dst) before the step
+  bool return_logits = false;  // also return the sampled rows' logits (tests, scoring)
+};
+
+struct SampledToken {
+  uint64_t seq_id = 0;
+  // Not OK when this sequence's logits were unusable (all NaN/-inf): the sequence gets
+  // no token and should be failed; the rest of the batch is unaffected.
+  Status status;
+  SampleResult sample;
+};
+
+struct StepOutput {
+  std::vector<SampledToken> sampled;  // one per slice with sample, in plan order
+  std::vector<float> logits;          // [sampled.size(), vocab] when return_logits
+};
+
+class Engine {
+ public:
+  // Opens a GGUF model and loads it on the CPU backend.
+  [[nodiscard]] static Result<std::unique_ptr<Engine>> load_gguf(const std::string& path, const EngineOptions& options);
+
+  [[nodiscard]] Result<StepOutput> step(const StepInput& input);
+
+  const models::ModelConfig& config() const { return model_->config(); }
+  const EngineOptions& options() const { return options_; }
+  int64_t num_pages() const { return num_pages_; }
+  int64_t page_size() const { return options_.page_size; }
+  int64_t kv_cache_bytes() const { return kv_shape_.bytes(); }
+  int64_t weight_bytes() const { return model_->weight_bytes(); }
+  std::string backend_name() const { return backend_->name(); }
+  int num_threads() const { return num_threads_; }
+  size_t num_sequences() const { return sequences_.size(); }
+
+  ~Engine();
+
+ private:
+  struct Sequence {
+    std::vector<int32_t> tokens;  // every known token: prompt, then generated
+    uint32_t num_prompt_tokens = 0;
+    int64_t num_computed = 0;     // tokens whose KV is in the cache
+    std::vector<int32_t> pages;
+    std::unique_ptr<SequenceSampler> sampler;
+  };
+
+  Engine() = default;
+  [[nodiscard]] Status check_plan(const StepInput& input) const;
+
+  EngineOptions options_;
+  std::unique_ptr<loader::GgufFile> file_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<models::LlamaModel> model_;
+  KvShape kv_shape_;
+  int64_t num_pages_ = 0;
+  int num_threads_ = 1;
+  std::unordered_map<uint64_t, Sequence> sequences_;
+  // Per-step buffers, reused.
+  std::vector<int32_t> token_ids_, positions_, sample_rows_;
+  std::vector<int64_t> slots_;
+  std::vector<StepSequence> step_sequences_;
+  std::vector<float> logits_;
+};
+
+}  // namespace tessera::engine

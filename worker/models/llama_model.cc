@@ -1,0 +1,255 @@
+#include "worker/models/llama_model.h"
+
+#include <cmath>
+#include <numbers>
+#include <unordered_map>
+
+#include "kernels/cpu/dequantize.h"
+#include "kernels/cpu/matmul.h"
+
+namespace tessera::models {
+
+namespace kc = kernels::cpu;
+using engine::MatmulTarget;
+using engine::WeightTensor;
+
+Status LlamaLoadOptions::validate() const {
+  if (max_batch_tokens < 1) return invalid_argument("max_batch_tokens must be at least 1");
+  if (max_sample_rows < 1 || max_sample_rows > max_batch_tokens) {
+    return invalid_argument("max_sample_rows must be in [1, max_batch_tokens]");
+  }
+  return Status::ok();
+}
+
+std::vector<float> rope_inv_freq(const ModelConfig& c, std::span<const float> freq_divisors) {
+  const int64_t dim = c.head_dim;
+  std::vector<float> inv(static_cast<size_t>(dim / 2));
+  const float base = static_cast<float>(c.rope_theta);
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(dim);
+    inv[static_cast<size_t>(i)] = 1.0f / std::pow(base, exponent);
+  }
+  const RopeScaling& s = c.rope_scaling;
+  if (!freq_divisors.empty()) {
+    for (size_t i = 0; i < inv.size() && i < freq_divisors.size(); ++i) inv[i] /= freq_divisors[i];
+  } else if (s.type == RopeScalingType::kLinear) {
+    for (float& f : inv) f /= static_cast<float>(s.factor);
+  } else if (s.type == RopeScalingType::kLlama3) {
+    // Llama 3.1: long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
+    const double old_len = s.original_max_position_embeddings;
+    const double low_wavelen = old_len / s.low_freq_factor;
+    const double high_wavelen = old_len / s.high_freq_factor;
+    for (float& f : inv) {
+      const double wavelen = 2 * std::numbers::pi / f;
+      if (wavelen > low_wavelen) {
+        f = static_cast<float>(f / s.factor);
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = static_cast<float>((1 - smooth) * f / s.factor + smooth * f);
+      }
+    }
+  }
+  return inv;
+}
+
+namespace {
+
+// A GGUF tensor with its shape checked against the spec (GGUF dims are reversed).
+Result<const loader::GgufTensorInfo*> find_checked(const loader::GgufFile& file, const WeightSpec& spec) {
+  const loader::GgufTensorInfo* info = file.find_tensor(spec.gguf_name);
+  if (!info) return not_found("tensor " + spec.gguf_name + " is missing");
+  std::vector<int64_t> shape(info->dims.rbegin(), info->dims.rend());
+  if (shape != spec.shape) {
+    std::string want, have;
+    for (int64_t d : spec.shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
+    for (int64_t d : shape) have += (have.empty() ? "" : ", ") + std::to_string(d);
+    return invalid_argument("tensor " + spec.gguf_name + " has shape [" + have + "], the config needs [" + want + "]");
+  }
+  return info;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<LlamaModel>> LlamaModel::from_gguf(const loader::GgufFile& file, engine::Backend& backend,
+                                                          const LlamaLoadOptions& options) {
+  TESSERA_RETURN_IF_ERROR(options.validate());
+  Result<ModelConfig> config = config_from_gguf(file);
+  if (!config) return config.status();
+  TESSERA_RETURN_IF_ERROR(config->validate());
+  std::unique_ptr<LlamaModel> model(new LlamaModel(backend, *config, options));
+  const ModelConfig& c = model->config_;
+  // llama.cpp's converter permutes q/k rows of llama-type models so rotation pairs are
+  // adjacent; Qwen2 files keep Hugging Face's halves layout (llama.cpp's NeoX mode).
+  model->rope_style_ = c.family == ModelFamily::kQwen2 ? engine::RopeStyle::kHalf : engine::RopeStyle::kInterleaved;
+
+  std::unordered_map<std::string, const loader::GgufTensorInfo*> tensors;
+  for (const WeightSpec& spec : weight_specs(c)) {
+    auto info = find_checked(file, spec);
+    if (!info) return info.status();
+    tensors[spec.gguf_name] = *info;
+  }
+
+  auto load_vector = [&](const std::string& name) -> Result<const float*> {
+    const loader::GgufTensorInfo* info = tensors.at(name);
+    std::vector<float> host(static_cast<size_t>(info->num_elements));
+    TESSERA_RETURN_IF_ERROR(file.dequantize_tensor(*info, host));
+    auto dst = backend.allocate_floats(info->num_elements, name);
+    if (!dst) return dst.status();
+    TESSERA_RETURN_IF_ERROR(backend.upload_floats(host, *dst));
+    model->weight_bytes_ += info->num_elements * 4;
+    return *dst;
+  };
+  auto load_matrix = [&](const std::string& name, bool allow_native) -> Result<WeightTensor> {
+    const loader::GgufTensorInfo* info = tensors.at(name);
+    const int64_t k = info->dims[0];
+    const int64_t n = info->num_elements / k;
+    const bool native = allow_native && options.weight_mode == WeightMode::kNative && kc::matmul_supported(info->type) &&
+                        k % kc::matmul_k_multiple(info->type) == 0;
+    if (native) {
+      model->weight_bytes_ += static_cast<int64_t>(info->size_bytes);
+      return backend.upload_weight(info->type, file.tensor_data(*info), n, k);
+    }
+    auto& owned = model->owned_weights_.emplace_back(static_cast<size_t>(info->num_elements));
+    Status s = file.dequantize_tensor(*info, owned);
+    if (!s.is_ok()) return s.with_context("tensor " + name);
+    model->weight_bytes_ += info->num_elements * 4;
+    return backend.upload_weight(kc::GgmlType::kF32, std::as_bytes(std::span<const float>(owned)), n, k);
+  };
+#define TESSERA_ASSIGN(lhs, expr)        \
+  do {                                   \
+    auto _r = (expr);                    \
+    if (!_r) return _r.status();         \
+    lhs = *_r;                           \
+  } while (0)
+
+  // The embedding table is only gathered from, never multiplied: keep it as stored.
+  {
+    const loader::GgufTensorInfo* info = tensors.at("token_embd.weight");
+    if (!kc::ggml_type_traits(info->type) || !kc::ggml_type_traits(info->type)->can_dequantize) {
+      return unimplemented("token_embd.weight: no kernel for type " + std::string(kc::ggml_type_name(info->type)));
+    }
+    model->embedding_ = {info->type, file.tensor_data(*info).data(), info->dims[1], info->dims[0],
+                         static_cast<int64_t>(info->size_bytes)};
+    if (!c.tie_word_embeddings) model->weight_bytes_ += static_cast<int64_t>(info->size_bytes);
+  }
+  TESSERA_ASSIGN(model->lm_head_, load_matrix(c.tie_word_embeddings ? "token_embd.weight" : "output.weight", true));
+  TESSERA_ASSIGN(model->final_norm_, load_vector("output_norm.weight"));
+  model->layers_.resize(c.num_layers);
+  for (uint32_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    Layer& l = model->layers_[i];
+    TESSERA_ASSIGN(l.attn_norm, load_vector(p + "attn_norm.weight"));
+    TESSERA_ASSIGN(l.ffn_norm, load_vector(p + "ffn_norm.weight"));
+    TESSERA_ASSIGN(l.wq, load_matrix(p + "attn_q.weight", true));
+    TESSERA_ASSIGN(l.wk, load_matrix(p + "attn_k.weight", true));
+    TESSERA_ASSIGN(l.wv, load_matrix(p + "attn_v.weight", true));
+    TESSERA_ASSIGN(l.wo, load_matrix(p + "attn_output.weight", true));
+    TESSERA_ASSIGN(l.w_gate, load_matrix(p + "ffn_gate.weight", true));
+    TESSERA_ASSIGN(l.w_up, load_matrix(p + "ffn_up.weight", true));
+    TESSERA_ASSIGN(l.w_down, load_matrix(p + "ffn_down.weight", true));
+    if (c.attention_bias) {
+      TESSERA_ASSIGN(l.bq, load_vector(p + "attn_q.bias"));
+      TESSERA_ASSIGN(l.bk, load_vector(p + "attn_k.bias"));
+      TESSERA_ASSIGN(l.bv, load_vector(p + "attn_v.bias"));
+    }
+  }
+#undef TESSERA_ASSIGN
+
+  std::vector<float> divisors;
+  if (const loader::GgufTensorInfo* freqs = file.find_tensor("rope_freqs.weight")) {
+    divisors.resize(static_cast<size_t>(freqs->num_elements));
+    TESSERA_RETURN_IF_ERROR(file.dequantize_tensor(*freqs, divisors));
+    if (static_cast<int64_t>(divisors.size()) != c.head_dim / 2) {
+      return invalid_argument("rope_freqs.weight has " + std::to_string(divisors.size()) + " entries, expected " +
+                              std::to_string(c.head_dim / 2));
+    }
+  }
+  model->inv_freq_ = rope_inv_freq(c, divisors);
+  TESSERA_RETURN_IF_ERROR(model->allocate_activations());
+  return model;
+}
+
+Status LlamaModel::allocate_activations() {
+  const ModelConfig& c = config_;
+  const int64_t t = options_.max_batch_tokens;
+  const int64_t q_dim = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+  struct Want {
+    float** ptr;
+    int64_t count;
+    const char* name;
+  };
+  const Want wants[] = {
+      {&x_, t * c.hidden_size, "hidden states"},
+      {&h_, t * c.hidden_size, "normed states"},
+      {&q_, t * q_dim, "q"},
+      {&k_, t * kv_dim, "k"},
+      {&v_, t * kv_dim, "v"},
+      {&attn_, t * q_dim, "attention output"},
+      {&gate_up_, t * 2 * static_cast<int64_t>(c.intermediate_size), "gate/up"},
+      {&act_, t * c.intermediate_size, "mlp activation"},
+      {&sample_hidden_, options_.max_sample_rows * c.hidden_size, "sampled hidden states"},
+      {&logits_, options_.max_sample_rows * c.vocab_size, "logits"},
+  };
+  for (const Want& w : wants) {
+    auto buffer = backend_.allocate_floats(w.count, w.name);
+    if (!buffer) return buffer.status();
+    *w.ptr = *buffer;
+  }
+  return Status::ok();
+}
+
+Status LlamaModel::forward(const engine::StepLayout& layout, std::span<const int32_t> sample_rows) {
+  const ModelConfig& c = config_;
+  const int64_t n = layout.num_tokens();
+  if (n < 1 || n > options_.max_batch_tokens) {
+    return invalid_argument("step has " + std::to_string(n) + " tokens; the engine runs 1.." +
+                            std::to_string(options_.max_batch_tokens));
+  }
+  if (static_cast<int64_t>(sample_rows.size()) > options_.max_sample_rows) {
+    return invalid_argument("step samples " + std::to_string(sample_rows.size()) + " rows; at most " +
+                            std::to_string(options_.max_sample_rows));
+  }
+  const int64_t hidden = c.hidden_size;
+  const int64_t inter = c.intermediate_size;
+  const int64_t nh = c.num_attention_heads;
+  const int64_t nkv = c.num_kv_heads;
+  const int64_t hd = c.head_dim;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float residual_scale = static_cast<float>(c.residual_scale);
+  engine::Backend& be = backend_;
+
+  TESSERA_RETURN_IF_ERROR(be.embed(embedding_, static_cast<float>(c.embedding_scale), x_));
+  for (int64_t li = 0; li < static_cast<int64_t>(layers_.size()); ++li) {
+    const Layer& l = layers_[static_cast<size_t>(li)];
+    TESSERA_RETURN_IF_ERROR(be.rms_norm(x_, l.attn_norm, eps, h_, n, hidden));
+    const MatmulTarget qkv[] = {{&l.wq, q_, 0, l.bq}, {&l.wk, k_, 0, l.bk}, {&l.wv, v_, 0, l.bv}};
+    TESSERA_RETURN_IF_ERROR(be.matmul(h_, n, hidden, qkv));
+    TESSERA_RETURN_IF_ERROR(be.rope(q_, nh, k_, nkv, hd, inv_freq_, rope_style_));
+    TESSERA_RETURN_IF_ERROR(be.attention(li, q_, k_, v_, nh, attn_scale, c.sliding_window, attn_));
+    const MatmulTarget o[] = {{&l.wo, h_, 0, nullptr}};
+    TESSERA_RETURN_IF_ERROR(be.matmul(attn_, n, nh * hd, o));
+    TESSERA_RETURN_IF_ERROR(be.add(x_, h_, n * hidden, residual_scale));
+    TESSERA_RETURN_IF_ERROR(be.rms_norm(x_, l.ffn_norm, eps, h_, n, hidden));
+    const MatmulTarget gate_up[] = {{&l.w_gate, gate_up_, 2 * inter, nullptr},
+                                    {&l.w_up, gate_up_ + inter, 2 * inter, nullptr}};
+    TESSERA_RETURN_IF_ERROR(be.matmul(h_, n, hidden, gate_up));
+    TESSERA_RETURN_IF_ERROR(be.silu_mul(gate_up_, gate_up_ + inter, 2 * inter, act_, n, inter));
+    const MatmulTarget down[] = {{&l.w_down, h_, 0, nullptr}};
+    TESSERA_RETURN_IF_ERROR(be.matmul(act_, n, inter, down));
+    TESSERA_RETURN_IF_ERROR(be.add(x_, h_, n * hidden, residual_scale));
+  }
+  if (sample_rows.empty()) return Status::ok();
+  const int64_t s = static_cast<int64_t>(sample_rows.size());
+  TESSERA_RETURN_IF_ERROR(be.gather_rows(x_, sample_rows, hidden, h_));
+  TESSERA_RETURN_IF_ERROR(be.rms_norm(h_, final_norm_, eps, sample_hidden_, s, hidden));
+  if (c.logit_scale != 1.0) {
+    // MiniCPM scales the final hidden state before lm_head: x += (scale - 1) * x.
+    TESSERA_RETURN_IF_ERROR(be.add(sample_hidden_, sample_hidden_, s * hidden, static_cast<float>(c.logit_scale) - 1));
+  }
+  const MatmulTarget head[] = {{&lm_head_, logits_, 0, nullptr}};
+  return be.matmul(sample_hidden_, s, hidden, head);
+}
+
+}  // namespace tessera::models

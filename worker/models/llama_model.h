@@ -1,0 +1,95 @@
+// The llama-family transformer (Llama 2/3.x, Mistral, Qwen2/2.5, SmolLM2, MiniCPM),
+// written once against engine::Backend. Families differ only in ModelConfig flags: qkv
+// bias, tied embeddings, rope scaling, sliding window, MiniCPM's scales.
+//
+// forward() runs one step over a flat batch (StepLayout) and produces logits only for the
+// rows that sample, so a prefill chunk of 512 tokens costs one lm_head row, not 512.
+// Used by the engine's step thread only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "worker/engine/backend.h"
+#include "worker/loader/gguf_file.h"
+#include "worker/models/model_config.h"
+
+namespace tessera::models {
+
+enum class WeightMode {
+  kNative,        // weights stay in the file's format; integer dot products on the fly
+  kDequantizeF32  // every matrix dequantized to float32 at load (the reference path)
+};
+
+struct LlamaLoadOptions {
+  int64_t max_batch_tokens = 512;  // rows of the activation buffers: tokens per step
+  int64_t max_sample_rows = 64;    // rows of logits per step
+  WeightMode weight_mode = WeightMode::kNative;
+  [[nodiscard]] Status validate() const;
+};
+
+class LlamaModel {
+ public:
+  // Loads from an open GGUF file, which must outlive the model (weights are borrowed).
+  [[nodiscard]] static Result<std::unique_ptr<LlamaModel>> from_gguf(const loader::GgufFile& file,
+                                                                     engine::Backend& backend,
+                                                                     const LlamaLoadOptions& options);
+
+  const ModelConfig& config() const { return config_; }
+  const LlamaLoadOptions& options() const { return options_; }
+  // Bytes of weights as the backend holds them.
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+  // Runs the step and leaves logits for sample_rows (indices into the step's tokens) in
+  // logits() [sample_rows.size(), vocab]. Precondition: backend.begin_step(layout) was
+  // called, sizes within the load options.
+  [[nodiscard]] Status forward(const engine::StepLayout& layout, std::span<const int32_t> sample_rows);
+  const float* logits() const { return logits_; }
+
+ private:
+  struct Layer {
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+    engine::WeightTensor wq, wk, wv, wo, w_gate, w_up, w_down;
+    const float* bq = nullptr;
+    const float* bk = nullptr;
+    const float* bv = nullptr;
+  };
+
+  LlamaModel(engine::Backend& backend, ModelConfig config, LlamaLoadOptions options)
+      : backend_(backend), config_(std::move(config)), options_(options) {}
+  [[nodiscard]] Status allocate_activations();
+
+  engine::Backend& backend_;
+  ModelConfig config_;
+  LlamaLoadOptions options_;
+  engine::RopeStyle rope_style_ = engine::RopeStyle::kHalf;
+  std::vector<float> inv_freq_;  // [head_dim / 2]
+  engine::WeightTensor embedding_;
+  engine::WeightTensor lm_head_;
+  const float* final_norm_ = nullptr;
+  std::vector<Layer> layers_;
+  int64_t weight_bytes_ = 0;
+  // Dequantized weights (WeightMode::kDequantizeF32) live here.
+  std::vector<std::vector<float>> owned_weights_;
+  // Activations [max_batch_tokens, width].
+  float* x_ = nullptr;
+  float* h_ = nullptr;
+  float* q_ = nullptr;
+  float* k_ = nullptr;
+  float* v_ = nullptr;
+  float* attn_ = nullptr;
+  float* gate_up_ = nullptr;  // [tokens, 2 * intermediate]: gate then up
+  float* act_ = nullptr;
+  float* sample_hidden_ = nullptr;  // [max_sample_rows, hidden]
+  float* logits_ = nullptr;         // [max_sample_rows, vocab]
+};
+
+// Per-dimension inverse rotary frequencies of a config (rope scaling applied), as Hugging
+// Face computes them in float32; freq_divisors (GGUF rope_freqs) divide them when given.
+std::vector<float> rope_inv_freq(const ModelConfig& config, std::span<const float> freq_divisors = {});
+
+}  // namespace tessera::models
