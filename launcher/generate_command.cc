@@ -121,7 +121,18 @@ GenerateOptions parse_generate_args(const Args& args) {
     } else if (a == "--max-batch-tokens") {
       number(&o.engine.max_batch_tokens);
     } else if (a == "--dequantize") {
+      // The reference path: float32 weights and a float32 KV cache.
       o.engine.weight_mode = models::WeightMode::kDequantizeF32;
+      o.engine.kv_dtype = engine::KvDtype::kF32;
+    } else if (a == "--kv-dtype") {
+      auto v = value();
+      if (v && *v == "f16") {
+        o.engine.kv_dtype = engine::KvDtype::kF16;
+      } else if (v && *v == "f32") {
+        o.engine.kv_dtype = engine::KvDtype::kF32;
+      } else if (v) {
+        o.error = "--kv-dtype: expected f16 or f32";
+      }
     } else if (a == "--benchmark") {
       o.benchmark = true;
     } else if (a == "--prompt-tokens") {

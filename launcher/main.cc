@@ -27,7 +27,7 @@ constexpr const char* kHelp =
     "           [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S]\n"
     "           [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
     "           [--logprobs N] [--ignore-eos] [--json] [--threads N] [--page-size N]\n"
-    "           [--kv-cache-tokens N] [--max-batch-tokens N] [--dequantize]\n"
+    "           [--kv-cache-tokens N] [--max-batch-tokens N] [--kv-dtype f16|f32] [--dequantize]\n"
     "                        generate offline with the CPU engine (greedy unless --temperature)\n"
     "  generate --benchmark [--model MODEL] [--threads N] [--prompt-tokens 512]\n"
     "           [--decode-prompt-tokens 64] [--decode-tokens 128] [--concurrency 1,4,16]\n"

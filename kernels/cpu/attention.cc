@@ -6,13 +6,15 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/dequantize.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#define TESSERA_AVX2_FN __attribute__((target("avx2,fma")))
+#define TESSERA_AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #endif
 
 namespace tessera::kernels::cpu {
@@ -55,21 +57,176 @@ TESSERA_AVX2_FN void axpy_avx2(float* y, float a, const float* x, int64_t n) {
 }
 #endif
 
-using DotFn = float (*)(const float*, const float*, int64_t);
-using AxpyFn = void (*)(float*, float, const float*, int64_t);
-
-struct VectorOps {
-  DotFn dot = dot_scalar;
-  AxpyFn axpy = axpy_scalar;
+// One query head against n cached keys/values: scores, softmax, weighted sum of values.
+// offsets[j]: element offset of key/value j of this KV head in the caches.
+struct HeadArgs {
+  const float* q;
+  const void* k_cache;
+  const void* v_cache;
+  const int64_t* offsets;
+  int64_t n;
+  int64_t head_dim;
+  float scale;
+  float* scores;  // [n] scratch
+  float* out;     // [head_dim]
 };
 
-VectorOps pick_ops() {
-  VectorOps ops;
+// Softmax of scores in place; returns 1 / sum. Shared by every path (same rounding).
+float softmax_in_place(float* sc, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, sc[j]);
+  float sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    sc[j] = std::exp(sc[j] - mx);
+    sum += sc[j];
+  }
+  return 1.0f / sum;
+}
+
+// A cache row as float32: the row itself, or converted into buf (half caches).
+template <typename T>
+const float* row_f32(const void* cache, int64_t offset, int64_t n, float* buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return static_cast<const float*>(cache) + offset;
+  } else {
+    const uint16_t* h = static_cast<const uint16_t*>(cache) + offset;
+    for (int64_t i = 0; i < n; ++i) buf[i] = fp16_to_fp32(h[i]);
+    return buf;
+  }
+}
+
+template <typename T>
+void head_scalar(const HeadArgs& a) {
+  std::vector<float> buf(static_cast<size_t>(a.head_dim));
+  for (int64_t j = 0; j < a.n; ++j) {
+    a.scores[j] = dot_scalar(a.q, row_f32<T>(a.k_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim) * a.scale;
+  }
+  const float inv = softmax_in_place(a.scores, a.n);
+  std::fill(a.out, a.out + a.head_dim, 0.0f);
+  for (int64_t j = 0; j < a.n; ++j) {
+    axpy_scalar(a.out, a.scores[j] * inv, row_f32<T>(a.v_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim);
+  }
+}
+
+#if defined(__x86_64__)
+template <typename T>
+TESSERA_AVX2_FN void head_avx2_generic(const HeadArgs& a) {
+  std::vector<float> buf(static_cast<size_t>(a.head_dim));
+  for (int64_t j = 0; j < a.n; ++j) {
+    a.scores[j] = dot_avx2(a.q, row_f32<T>(a.k_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim) * a.scale;
+  }
+  const float inv = softmax_in_place(a.scores, a.n);
+  std::fill(a.out, a.out + a.head_dim, 0.0f);
+  for (int64_t j = 0; j < a.n; ++j) {
+    axpy_avx2(a.out, a.scores[j] * inv, row_f32<T>(a.v_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim);
+  }
+}
+
+template <typename T>
+TESSERA_AVX2_FN inline __m256 load8(const void* cache, int64_t offset) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_loadu_ps(static_cast<const float*>(cache) + offset);
+  } else {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(cache) + offset)));
+  }
+}
+
+// head_dim = 8 * kVecs: q and the output stay in registers across all keys.
+template <int kVecs, typename T>
+TESSERA_AVX2_FN void head_avx2(const HeadArgs& a) {
+  __m256 q[kVecs];
+  for (int i = 0; i < kVecs; ++i) q[i] = _mm256_loadu_ps(a.q + 8 * i);
+  // Scores four keys at a time: their four partial-sum vectors reduce together.
+  int64_t j = 0;
+  for (; j + 4 <= a.n; j += 4) {
+    __m256 acc[4];
+    for (int t = 0; t < 4; ++t) {
+      const int64_t k = a.offsets[j + t];
+      acc[t] = _mm256_mul_ps(q[0], load8<T>(a.k_cache, k));
+      for (int i = 1; i < kVecs; ++i) acc[t] = _mm256_fmadd_ps(q[i], load8<T>(a.k_cache, k + 8 * i), acc[t]);
+    }
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    const __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    _mm_storeu_ps(a.scores + j, _mm_mul_ps(sums, _mm_set1_ps(a.scale)));
+  }
+  for (; j < a.n; ++j) {
+    const int64_t k = a.offsets[j];
+    __m256 acc = _mm256_mul_ps(q[0], load8<T>(a.k_cache, k));
+    for (int i = 1; i < kVecs; ++i) acc = _mm256_fmadd_ps(q[i], load8<T>(a.k_cache, k + 8 * i), acc);
+    // The same reduction tree as the 4-key path, so a key's score does not depend on
+    // where the group boundaries fall.
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc, acc), _mm256_hadd_ps(acc, acc));
+    a.scores[j] = _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))) * a.scale;
+  }
+  const float inv = softmax_in_place(a.scores, a.n);
+  __m256 out[kVecs];
+  for (int i = 0; i < kVecs; ++i) out[i] = _mm256_setzero_ps();
+  for (int64_t jv = 0; jv < a.n; ++jv) {
+    const int64_t v = a.offsets[jv];
+    const __m256 w = _mm256_set1_ps(a.scores[jv] * inv);
+    for (int i = 0; i < kVecs; ++i) out[i] = _mm256_fmadd_ps(w, load8<T>(a.v_cache, v + 8 * i), out[i]);
+  }
+  for (int i = 0; i < kVecs; ++i) _mm256_storeu_ps(a.out + 8 * i, out[i]);
+}
+#endif
+
+using HeadFn = void (*)(const HeadArgs&);
+
+// The kernel for this head size on this CPU; one choice per call, so every head of a
+// batch is computed the same way.
+template <typename T>
+HeadFn pick_head_kernel(int64_t head_dim) {
 #if defined(__x86_64__)
   const CpuFeatures& f = cpu_features();
-  if (f.avx2 && f.fma) ops = {dot_avx2, axpy_avx2};
+  if (f.avx2 && f.fma && f.f16c) {
+    if (head_dim == 64) return head_avx2<8, T>;
+    if (head_dim == 128) return head_avx2<16, T>;
+    return head_avx2_generic<T>;
+  }
 #endif
-  return ops;
+  return head_scalar<T>;
+}
+
+// IEEE half of a float, round to nearest even (the same rounding as F16C's vcvtps2ph).
+uint16_t fp32_to_fp16(float value) {
+  uint32_t x;
+  std::memcpy(&x, &value, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t abs = x & 0x7FFFFFFFu;
+  if (abs > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);  // NaN
+  if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // overflow to inf
+  if (abs < 0x38800000u) {  // subnormal half (or zero)
+    const float f = std::fabs(value) * 16777216.0f;  // 2^24: half subnormal units
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(f)));
+  }
+  const uint32_t mant = abs & 0x7FFFFFu;
+  uint32_t h = ((abs >> 23) - 112) << 10 | (mant >> 13);
+  const uint32_t rest = mant & 0x1FFFu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+void store_half_scalar(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+
+#if defined(__x86_64__)
+TESSERA_AVX2_FN void store_half_f16c(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+#endif
+
+// Both round to nearest even, so the cache holds the same bits either way.
+void store_half(const float* src, uint16_t* dst, int64_t n) {
+#if defined(__x86_64__)
+  if (cpu_features().f16c && cpu_features().avx2) return store_half_f16c(src, dst, n);
+#endif
+  store_half_scalar(src, dst, n);
 }
 
 }  // namespace
@@ -79,8 +236,15 @@ void store_kv(const StoreKvParams& p) {
   const int64_t stride = p.kv_stride ? p.kv_stride : width;
   for (size_t t = 0; t < p.slots.size(); ++t) {
     const int64_t slot = p.slots[t];
-    std::memcpy(p.k_cache + slot * width, p.k + static_cast<int64_t>(t) * stride, static_cast<size_t>(width) * 4);
-    std::memcpy(p.v_cache + slot * width, p.v + static_cast<int64_t>(t) * stride, static_cast<size_t>(width) * 4);
+    const float* k = p.k + static_cast<int64_t>(t) * stride;
+    const float* v = p.v + static_cast<int64_t>(t) * stride;
+    if (p.shape.dtype == KvDtype::kF32) {
+      std::memcpy(static_cast<float*>(p.k_cache) + slot * width, k, static_cast<size_t>(width) * 4);
+      std::memcpy(static_cast<float*>(p.v_cache) + slot * width, v, static_cast<size_t>(width) * 4);
+    } else {
+      store_half(k, static_cast<uint16_t*>(p.k_cache) + slot * width, width);
+      store_half(v, static_cast<uint16_t*>(p.v_cache) + slot * width, width);
+    }
   }
 }
 
@@ -121,7 +285,8 @@ Status paged_attention(const AttentionParams& p) {
       }
     }
   }
-  const VectorOps ops = pick_ops();
+  const HeadFn head_kernel = s.dtype == KvDtype::kF32 ? pick_head_kernel<float>(s.head_dim)
+                                                      : pick_head_kernel<uint16_t>(s.head_dim);
   const int64_t group = p.num_heads / s.num_kv_heads;
   const int64_t hd = s.head_dim;
   const int64_t token_stride = s.token_stride();
@@ -140,7 +305,7 @@ Status paged_attention(const AttentionParams& p) {
       const int64_t pos = seq.start_position + item.token;
       const int64_t lo = p.sliding_window > 0 ? std::max<int64_t>(0, pos - p.sliding_window + 1) : 0;
       const int64_t n = pos - lo + 1;
-      scores.resize(static_cast<size_t>(group * n));
+      scores.resize(static_cast<size_t>(n));
       offsets.resize(static_cast<size_t>(n));
       for (int64_t j = lo; j <= pos; ++j) {
         const int64_t slot = static_cast<int64_t>(seq.page_table[static_cast<size_t>(j / s.page_size)]) * s.page_size +
@@ -149,26 +314,9 @@ Status paged_attention(const AttentionParams& p) {
       }
       const int64_t tok = seq.token_begin + item.token;
       for (int64_t g = 0; g < group; ++g) {
-        const float* q = p.q + tok * q_stride + (item.kv_head * group + g) * hd;
-        float* sc = scores.data() + g * n;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) {
-          const float* k = p.k_cache + offsets[static_cast<size_t>(j)];
-          sc[j] = ops.dot(q, k, hd) * p.scale;
-          mx = std::max(mx, sc[j]);
-        }
-        float sum = 0;
-        for (int64_t j = 0; j < n; ++j) {
-          sc[j] = std::exp(sc[j] - mx);
-          sum += sc[j];
-        }
-        const float inv = 1.0f / sum;
-        float* out = p.out + tok * out_stride + (item.kv_head * group + g) * hd;
-        std::fill(out, out + hd, 0.0f);
-        for (int64_t j = 0; j < n; ++j) {
-          const float* v = p.v_cache + offsets[static_cast<size_t>(j)];
-          ops.axpy(out, sc[j] * inv, v, hd);
-        }
+        const int64_t head = item.kv_head * group + g;
+        head_kernel({p.q + tok * q_stride + head * hd, p.k_cache, p.v_cache, offsets.data(), n, hd, p.scale,
+                     scores.data(), p.out + tok * out_stride + head * hd});
       }
     }
   }

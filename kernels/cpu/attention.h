@@ -1,7 +1,9 @@
 // Causal attention over a paged KV cache, for a flat batch mixing prefill chunks and
 // decode tokens of many sequences ("nopad": no padding between sequences).
 //
-// A layer's cache holds K and V as [num_pages, page_size, num_kv_heads, head_dim] float32.
+// A layer's cache holds K and V as [num_pages, page_size, num_kv_heads, head_dim] in
+// float32 or IEEE half (half the memory traffic of decode attention; the reference path
+// keeps float32).
 // Token j of a sequence lives in page page_table[j / page_size], slot j % page_size, so a
 // sequence's context can sit in any pages, shared prefix pages included.
 #pragma once
@@ -13,7 +15,11 @@
 
 namespace tessera::kernels::cpu {
 
+enum class KvDtype { kF32, kF16 };
+inline int64_t kv_dtype_bytes(KvDtype dtype) { return dtype == KvDtype::kF16 ? 2 : 4; }
+
 struct KvCacheShape {
+  KvDtype dtype = KvDtype::kF32;
   int64_t num_pages = 0;
   int64_t page_size = 0;
   int64_t num_kv_heads = 0;
@@ -25,8 +31,8 @@ struct KvCacheShape {
 // slots[t] (= page * page_size + offset). Precondition: slots are inside the cache.
 struct StoreKvParams {
   KvCacheShape shape;
-  float* k_cache = nullptr;
-  float* v_cache = nullptr;
+  void* k_cache = nullptr;  // elements of shape.dtype
+  void* v_cache = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;
   int64_t kv_stride = 0;  // row stride of k and v
@@ -45,8 +51,8 @@ struct AttentionSequence {
 
 struct AttentionParams {
   KvCacheShape shape;
-  const float* k_cache = nullptr;
-  const float* v_cache = nullptr;
+  const void* k_cache = nullptr;  // elements of shape.dtype
+  const void* v_cache = nullptr;
   const float* q = nullptr;  // [num_tokens, num_heads * head_dim]
   int64_t q_stride = 0;
   float* out = nullptr;      // [num_tokens, num_heads * head_dim]

@@ -21,18 +21,22 @@ bool is_float(GgmlType type) {
 }
 
 using JobFn = void (*)(const detail::RowRangeJob&, detail::Scratch);
+using QuantizeFn = void (*)(const float*, int64_t, int64_t, int64_t, int8_t*, float*, float*);
 
-Status pick_kernel(MatmulPath path, JobFn* kernel) {
+Status pick_kernel(MatmulPath path, JobFn* kernel, QuantizeFn* quantize) {
+  *quantize = &detail::quantize_rows;
   const CpuFeatures& f = cpu_features();
   if (path == MatmulPath::kAuto) path = active_matmul_path();
   switch (path) {
     case MatmulPath::kAvx2:
       if (!has_avx2(f)) return failed_precondition("matmul: this CPU lacks AVX2/FMA/F16C");
       *kernel = &detail::run_job_avx2;
+      *quantize = &detail::quantize_rows_avx2;
       return Status::ok();
     case MatmulPath::kAvx512:
       if (!has_avx512_vnni(f)) return failed_precondition("matmul: this CPU lacks AVX-512 F/BW/VL/VNNI");
       *kernel = &detail::run_job_avx512;
+      *quantize = &detail::quantize_rows_avx512;
       return Status::ok();
     case MatmulPath::kScalar:
     case MatmulPath::kAuto: break;
@@ -116,7 +120,8 @@ Status matmul(const MatmulParams& p, MatmulWorkspace& ws) {
     any_quantized = any_quantized || !is_float(w.type);
   }
   JobFn kernel = nullptr;
-  TESSERA_RETURN_IF_ERROR(pick_kernel(p.path, &kernel));
+  QuantizeFn quantize = nullptr;
+  TESSERA_RETURN_IF_ERROR(pick_kernel(p.path, &kernel, &quantize));
   if (p.m == 0 || p.outputs.empty()) return Status::ok();
 
   detail::QuantizedRowsView xq;
@@ -124,8 +129,14 @@ Status matmul(const MatmulParams& p, MatmulWorkspace& ws) {
     const int64_t nb = p.k / 32;
     ws.q_.resize(static_cast<size_t>(p.m * p.k));
     ws.d_.resize(static_cast<size_t>(p.m * nb));
-    ws.s16_.resize(static_cast<size_t>(p.m * nb * 2));
-    detail::quantize_rows(p.x, x_stride, p.m, p.k, ws.q_.data(), ws.d_.data(), ws.s16_.data());
+    ws.s16_.resize(static_cast<size_t>(p.m * ((nb + 3) / 4 * 8)));  // rows padded to 4 blocks
+    // Rows are independent: quantize them on the whole team when there are enough.
+    const int64_t mf = (nb + 3) / 4 * 8;
+#pragma omp parallel for schedule(static) if (p.m >= 8)
+    for (int64_t r = 0; r < p.m; ++r) {
+      quantize(p.x + r * x_stride, x_stride, 1, p.k, ws.q_.data() + r * p.k, ws.d_.data() + r * nb,
+               ws.s16_.data() + r * mf);
+    }
     xq = {ws.q_.data(), ws.d_.data(), ws.s16_.data(), p.m, p.k};
   }
 

@@ -18,4 +18,8 @@ constexpr int64_t kTileCols = 2;
 
 void run_job_avx2(const RowRangeJob& job, Scratch scratch) { run_job(job, scratch); }
 
+void quantize_rows_avx2(const float* x, int64_t x_stride, int64_t m, int64_t k, int8_t* q, float* d, float* s16) {
+  quantize_rows_simd(x, x_stride, m, k, q, d, s16);
+}
+
 }  // namespace tessera::kernels::cpu::detail

@@ -15,7 +15,7 @@ namespace tessera::kernels::cpu::detail {
 struct QuantizedRowsView {
   const int8_t* q = nullptr;    // [m, k]
   const float* d = nullptr;     // [m, k / 32]
-  const float* s16 = nullptr;   // [m, 2 * k / 32]
+  const float* s16 = nullptr;   // [m, 2 * k / 32 rounded up to a multiple of 8], zero padded
   int64_t m = 0;
   int64_t k = 0;
 };
@@ -60,7 +60,10 @@ void run_job_scalar(const RowRangeJob& job, Scratch scratch);
 void run_job_avx2(const RowRangeJob& job, Scratch scratch);
 void run_job_avx512(const RowRangeJob& job, Scratch scratch);
 
-// Quantizes rows of x [m, k] into the QuantizedRowsView's (writable) buffers.
+// Quantizes rows of x [m, k] into the QuantizedRowsView's (writable) buffers. The vector
+// versions give the same bytes as the scalar one.
 void quantize_rows(const float* x, int64_t x_stride, int64_t m, int64_t k, int8_t* q, float* d, float* s16);
+void quantize_rows_avx2(const float* x, int64_t x_stride, int64_t m, int64_t k, int8_t* q, float* d, float* s16);
+void quantize_rows_avx512(const float* x, int64_t x_stride, int64_t m, int64_t k, int8_t* q, float* d, float* s16);
 
 }  // namespace tessera::kernels::cpu::detail

@@ -33,10 +33,8 @@ float int_dot(const DecodedRows& w, int64_t r, const QuantizedRowsView& x, int64
     }
     acc += block * x.d[c * nb + b];
   }
-  if (!is_signed) {
-    const float* m16 = w.m16 + r * nb * 2;
-    for (int64_t i = 0; i < 2 * nb; ++i) acc += m16[i] * x.s16[c * nb * 2 + i];
-  }
+  const int64_t mf = m16_row_floats(nb);
+  for (int64_t i = 0; i < 2 * nb; ++i) acc += w.m16[r * mf + i] * x.s16[c * mf + i];
   return acc;
 }
 
@@ -45,7 +43,8 @@ float int_dot(const DecodedRows& w, int64_t r, const QuantizedRowsView& x, int64
 size_t scratch_bytes_needed(const RowRangeJob& job) {
   const int64_t k = job.weight.k;
   if (is_float_type(job.weight.type)) return static_cast<size_t>(kMaxTileRows * k) * sizeof(float);
-  return static_cast<size_t>(kMaxTileRows * (k / 32) * (32 + 8 * sizeof(float) + 2 * sizeof(float)));
+  const int64_t nb = k / 32;
+  return static_cast<size_t>(kMaxTileRows * (nb * (32 + 8 * sizeof(float)) + m16_row_floats(nb) * sizeof(float)));
 }
 
 void run_job_scalar(const RowRangeJob& job, Scratch scratch) {
@@ -79,8 +78,10 @@ void run_job_scalar(const RowRangeJob& job, Scratch scratch) {
 
 void quantize_rows(const float* x, int64_t x_stride, int64_t m, int64_t k, int8_t* q, float* d, float* s16) {
   const int64_t nb = k / 32;
+  const int64_t mf = m16_row_floats(nb);
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * x_stride;
+    for (int64_t i = 2 * nb; i < mf; ++i) s16[r * mf + i] = 0.0f;
     for (int64_t b = 0; b < nb; ++b) {
       const float* xb = xr + b * 32;
       float amax = 0;
@@ -95,8 +96,8 @@ void quantize_rows(const float* x, int64_t x_stride, int64_t m, int64_t k, int8_
         (i < 16 ? sum_lo : sum_hi) += qb[i];
       }
       d[r * nb + b] = scale;
-      s16[(r * nb + b) * 2] = scale * static_cast<float>(sum_lo);
-      s16[(r * nb + b) * 2 + 1] = scale * static_cast<float>(sum_hi);
+      s16[r * mf + b * 2] = scale * static_cast<float>(sum_lo);
+      s16[r * mf + b * 2 + 1] = scale * static_cast<float>(sum_hi);
     }
   }
 }

@@ -32,13 +32,19 @@ struct WeightTensor {
   int64_t bytes = 0;
 };
 
+// Element type of the KV cache: half by default (half the memory traffic of attention),
+// float32 for the reference path.
+enum class KvDtype { kF16, kF32 };
+
 struct KvShape {
   int64_t num_layers = 0;
   int64_t num_pages = 0;
   int64_t page_size = 0;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
-  int64_t bytes() const { return 2 * num_layers * num_pages * page_size * num_kv_heads * head_dim * 4; }
+  KvDtype dtype = KvDtype::kF16;
+  int64_t element_bytes() const { return dtype == KvDtype::kF16 ? 2 : 4; }
+  int64_t bytes() const { return 2 * num_layers * num_pages * page_size * num_kv_heads * head_dim * element_bytes(); }
 };
 
 // One sequence's part of a step, in host memory; the backend copies what its device needs.

@@ -54,9 +54,9 @@ Status CpuBackend::upload_floats(std::span<const float> host, float* dst) {
 
 Status CpuBackend::allocate_kv(const KvShape& shape) {
   kv_shape_ = shape;
-  layer_floats_ = shape.num_pages * shape.page_size * shape.num_kv_heads * shape.head_dim;
+  layer_bytes_ = shape.num_pages * shape.page_size * shape.num_kv_heads * shape.head_dim * shape.element_bytes();
   try {
-    kv_.assign(static_cast<size_t>(2 * shape.num_layers * layer_floats_), 0.0f);
+    kv_.assign(static_cast<size_t>(2 * shape.num_layers * layer_bytes_), std::byte{0});
   } catch (const std::bad_alloc&) {
     return resource_exhausted("allocating the KV cache: " + std::to_string(shape.bytes()) + " bytes");
   }
@@ -64,14 +64,14 @@ Status CpuBackend::allocate_kv(const KvShape& shape) {
 }
 
 Status CpuBackend::copy_kv_pages(std::span<const std::pair<int32_t, int32_t>> src_dst) {
-  const int64_t page_floats = kv_shape_.page_size * kv_shape_.num_kv_heads * kv_shape_.head_dim;
+  const int64_t page_bytes = kv_shape_.page_size * kv_shape_.num_kv_heads * kv_shape_.head_dim * kv_shape_.element_bytes();
   for (const auto& [src, dst] : src_dst) {
     if (src < 0 || dst < 0 || src >= kv_shape_.num_pages || dst >= kv_shape_.num_pages) {
       return invalid_argument("copy_kv_pages: page outside the cache");
     }
     for (int64_t layer = 0; layer < kv_shape_.num_layers; ++layer) {
-      for (float* base : {layer_k(layer), layer_v(layer)}) {
-        std::memcpy(base + dst * page_floats, base + src * page_floats, static_cast<size_t>(page_floats) * 4);
+      for (std::byte* base : {layer_k(layer), layer_v(layer)}) {
+        std::memcpy(base + dst * page_bytes, base + src * page_bytes, static_cast<size_t>(page_bytes));
       }
     }
   }
@@ -131,9 +131,14 @@ Status CpuBackend::rope(float* q, int64_t num_heads, float* k, int64_t num_kv_he
   return Status::ok();
 }
 
+kc::KvCacheShape CpuBackend::kernel_kv_shape() const {
+  return {kv_shape_.dtype == KvDtype::kF16 ? kc::KvDtype::kF16 : kc::KvDtype::kF32, kv_shape_.num_pages,
+          kv_shape_.page_size, kv_shape_.num_kv_heads, kv_shape_.head_dim};
+}
+
 Status CpuBackend::attention(int64_t layer, const float* q, const float* k, const float* v, int64_t num_heads,
                              float scale, int64_t sliding_window, float* out) {
-  const kc::KvCacheShape shape{kv_shape_.num_pages, kv_shape_.page_size, kv_shape_.num_kv_heads, kv_shape_.head_dim};
+  const kc::KvCacheShape shape = kernel_kv_shape();
   kc::store_kv({shape, layer_k(layer), layer_v(layer), k, v, 0, layout_.kv_slots});
   return kc::paged_attention({shape, layer_k(layer), layer_v(layer), q, 0, out, 0, num_heads, scale, sliding_window,
                               attention_sequences_});

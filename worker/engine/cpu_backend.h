@@ -44,15 +44,16 @@ class CpuBackend final : public Backend {
   int num_threads() const { return num_threads_; }
 
  private:
-  float* layer_k(int64_t layer) { return kv_.data() + layer * 2 * layer_floats_; }
-  float* layer_v(int64_t layer) { return layer_k(layer) + layer_floats_; }
+  std::byte* layer_k(int64_t layer) { return kv_.data() + layer * 2 * layer_bytes_; }
+  std::byte* layer_v(int64_t layer) { return layer_k(layer) + layer_bytes_; }
+  kernels::cpu::KvCacheShape kernel_kv_shape() const;
 
   CpuBackendOptions options_;
   int num_threads_ = 1;
   std::vector<std::unique_ptr<float[]>> buffers_;
   KvShape kv_shape_;
-  int64_t layer_floats_ = 0;  // floats of K (or V) per layer
-  std::vector<float> kv_;
+  int64_t layer_bytes_ = 0;  // bytes of K (or V) per layer
+  std::vector<std::byte> kv_;
   kernels::cpu::MatmulWorkspace matmul_workspace_;
   // This step's layout and the rope tables of its positions (per rotary width).
   StepLayout layout_;

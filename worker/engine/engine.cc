@@ -41,7 +41,8 @@ Result<std::unique_ptr<Engine>> Engine::load_gguf(const std::string& path, const
   engine->model_ = std::move(*model);
   const models::ModelConfig& c = engine->model_->config();
   engine->num_pages_ = (options.kv_cache_tokens + options.page_size - 1) / options.page_size;
-  engine->kv_shape_ = {c.num_layers, engine->num_pages_, options.page_size, c.num_kv_heads, c.head_dim};
+  engine->kv_shape_ = {c.num_layers, engine->num_pages_, options.page_size, c.num_kv_heads, c.head_dim,
+                       options.kv_dtype};
   TESSERA_RETURN_IF_ERROR(engine->backend_->allocate_kv(engine->kv_shape_));
   return engine;
 }

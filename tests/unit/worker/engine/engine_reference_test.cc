@@ -30,6 +30,8 @@ std::unique_ptr<Engine> load(models::WeightMode mode) {
   if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model (" << model << ")");
   EngineOptions o;
   o.weight_mode = mode;
+  // The reference path keeps the KV cache in float32 too; the native path uses the default.
+  if (mode == models::WeightMode::kDequantizeF32) o.kv_dtype = KvDtype::kF32;
   o.max_batch_tokens = 512;
   o.max_sequences = 20;
   o.kv_cache_tokens = 20 * 512;
