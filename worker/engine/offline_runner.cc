@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <string>
 
 namespace tessera::engine {
 
@@ -56,10 +57,32 @@ Result<std::vector<GenerationResult>> OfflineRunner::run(std::span<const Generat
       const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
       const int64_t limit = std::min<int64_t>(total, config.max_position_embeddings);
       const int64_t pages = (limit + ps - 1) / ps;
-      if (r.prompt.empty() || pages > engine_.num_pages()) {
+      // Requests the engine would refuse end here, alone, with the reason.
+      Status bad;
+      if (r.prompt.empty()) {
+        bad = invalid_argument("empty prompt");
+      } else if (r.max_tokens < 1) {
+        bad = invalid_argument("max_tokens must be at least 1");
+      } else if (r.prompt.size() >= config.max_position_embeddings) {
+        bad = invalid_argument("prompt of " + std::to_string(r.prompt.size()) + " tokens leaves no room in the " +
+                               std::to_string(config.max_position_embeddings) + "-token context");
+      } else if (pages > engine_.num_pages()) {
+        bad = resource_exhausted("prompt + max_tokens need " + std::to_string(pages) + " KV pages; the cache has " +
+                                 std::to_string(engine_.num_pages()));
+      } else if (Status s = r.sampling.validate(config.vocab_size); !s.is_ok()) {
+        bad = s;
+      } else {
+        for (int32_t t : r.prompt) {
+          if (t < 0 || static_cast<uint32_t>(t) >= config.vocab_size) {
+            bad = invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                   std::to_string(config.vocab_size) + ")");
+            break;
+          }
+        }
+      }
+      if (!bad.is_ok()) {
         results[i].finish = GenerationFinish::kError;
-        results[i].error = invalid_argument(r.prompt.empty() ? "empty prompt"
-                                                             : "prompt + max_tokens do not fit in the KV cache");
+        results[i].error = bad;
         waiting.pop_front();
         continue;
       }
@@ -98,6 +121,7 @@ Result<std::vector<GenerationResult>> OfflineRunner::run(std::span<const Generat
       }
     }
     if (in.scheduled.empty() && in.new_sequences.empty() && in.released_seq_ids.empty()) {
+      if (waiting.empty() && running.empty()) break;  // every remaining request was refused
       return internal_error("offline runner: no progress possible");
     }
     Result<StepOutput> out = engine_.step(in);

@@ -127,3 +127,27 @@ TEST_CASE("a bad step plan is refused whole and leaves the engine usable", "[eng
   r = step_with({}, {{1, 3, 1, {}, true}});
   REQUIRE(r.is_ok());
 }
+
+TEST_CASE("the offline runner fails a bad request alone and finishes the others", "[engine][errors]") {
+  const std::string model = testing::test_model_path();
+  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model");
+  EngineOptions o;
+  o.kv_cache_tokens = 1024;
+  auto loaded = Engine::load_gguf(model, o);
+  REQUIRE(loaded.is_ok());
+  std::vector<GenerationRequest> reqs(4, greedy({1, 504, 3575, 282}));
+  reqs[1].prompt = {1, 2, 60000};       // outside the vocabulary
+  reqs[2].sampling.top_p = 0.0f;        // invalid sampling option
+  reqs[3].max_tokens = 5000;            // more KV than the cache holds
+  OfflineRunner runner(**loaded, {});
+  auto results = runner.run(reqs);
+  REQUIRE(results.is_ok());
+  REQUIRE((*results)[0].finish == GenerationFinish::kLength);
+  REQUIRE((*results)[0].tokens.size() == kNewTokens);
+  for (size_t i = 1; i < 4; ++i) {
+    INFO("request " << i << ": " << (*results)[i].error.message());
+    REQUIRE((*results)[i].finish == GenerationFinish::kError);
+    REQUIRE(!(*results)[i].error.is_ok());
+  }
+  REQUIRE((*loaded)->num_sequences() == 0);  // everything released
+}
