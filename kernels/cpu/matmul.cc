@@ -137,7 +137,13 @@ Status matmul(const MatmulParams& p, MatmulWorkspace& ws) {
       quantize(p.x + r * x_stride, x_stride, 1, p.k, ws.q_.data() + r * p.k, ws.d_.data() + r * nb,
                ws.s16_.data() + r * mf);
     }
-    xq = {ws.q_.data(), ws.d_.data(), ws.s16_.data(), p.m, p.k};
+    // The block scales also column-major, so kernels read four columns' scales at once.
+    const int64_t m_padded = (p.m + 3) / 4 * 4;
+    ws.d_t_.assign(static_cast<size_t>(nb * m_padded), 0.0f);
+    for (int64_t r = 0; r < p.m; ++r) {
+      for (int64_t b = 0; b < nb; ++b) ws.d_t_[static_cast<size_t>(b * m_padded + r)] = ws.d_[static_cast<size_t>(r * nb + b)];
+    }
+    xq = {ws.q_.data(), ws.d_.data(), ws.s16_.data(), ws.d_t_.data(), p.m, p.k, m_padded};
   }
 
   // Each output is split into one contiguous run of rows per thread (rounded to the

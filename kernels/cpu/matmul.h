@@ -66,6 +66,7 @@ class MatmulWorkspace {
   std::vector<int8_t> q_;
   std::vector<float> d_;
   std::vector<float> s16_;
+  std::vector<float> d_t_;
 };
 
 // Computes every output with the calling thread's OpenMP team. INVALID_ARGUMENT for shapes

@@ -16,8 +16,10 @@ struct QuantizedRowsView {
   const int8_t* q = nullptr;    // [m, k]
   const float* d = nullptr;     // [m, k / 32]
   const float* s16 = nullptr;   // [m, 2 * k / 32 rounded up to a multiple of 8], zero padded
+  const float* d_t = nullptr;   // d transposed: [k / 32, m_padded], zero padded
   int64_t m = 0;
   int64_t k = 0;
+  int64_t m_padded = 0;         // m rounded up to a multiple of 4
 };
 
 // One weight matrix [n, k] (rows = output features) in its file's layout.

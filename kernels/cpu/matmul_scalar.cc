@@ -44,7 +44,9 @@ size_t scratch_bytes_needed(const RowRangeJob& job) {
   const int64_t k = job.weight.k;
   if (is_float_type(job.weight.type)) return static_cast<size_t>(kMaxTileRows * k) * sizeof(float);
   const int64_t nb = k / 32;
-  return static_cast<size_t>(kMaxTileRows * (nb * (32 + 8 * sizeof(float)) + m16_row_floats(nb) * sizeof(float)));
+  // Decoded rows, then the scale products of scratch_scales().
+  return static_cast<size_t>(kMaxTileRows * (nb * (32 + 8 * sizeof(float)) + m16_row_floats(nb) * sizeof(float)) +
+                             nb * kMaxTileRows * 4 * sizeof(float));
 }
 
 void run_job_scalar(const RowRangeJob& job, Scratch scratch) {
