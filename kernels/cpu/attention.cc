@@ -109,13 +109,54 @@ void head_scalar(const HeadArgs& a) {
 }
 
 #if defined(__x86_64__)
+// e^x for x <= 0 (Cephes' expf polynomial on 8 lanes; within 2 ulp of expf).
+TESSERA_AVX2_FN inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
+}
+
+// softmax_in_place with 8 lanes: max, exp and sum vectorized (sum in a fixed lane order).
+TESSERA_AVX2_FN float softmax_avx2(float* sc, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, sc[j]);
+  const __m256 mv = _mm256_set1_ps(mx);
+  __m256 sum8 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mv));
+    _mm256_storeu_ps(sc + j, e);
+    sum8 = _mm256_add_ps(sum8, e);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum8);
+  float sum = 0;
+  for (float v : lanes) sum += v;
+  for (; j < n; ++j) {
+    sc[j] = std::exp(sc[j] - mx);
+    sum += sc[j];
+  }
+  return 1.0f / sum;
+}
+
 template <typename T>
 TESSERA_AVX2_FN void head_avx2_generic(const HeadArgs& a) {
   std::vector<float> buf(static_cast<size_t>(a.head_dim));
   for (int64_t j = 0; j < a.n; ++j) {
     a.scores[j] = dot_avx2(a.q, row_f32<T>(a.k_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim) * a.scale;
   }
-  const float inv = softmax_in_place(a.scores, a.n);
+  const float inv = softmax_avx2(a.scores, a.n);
   std::fill(a.out, a.out + a.head_dim, 0.0f);
   for (int64_t j = 0; j < a.n; ++j) {
     axpy_avx2(a.out, a.scores[j] * inv, row_f32<T>(a.v_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim);
@@ -131,6 +172,13 @@ TESSERA_AVX2_FN inline __m256 load8(const void* cache, int64_t offset) {
   }
 }
 
+template <int64_t kBytes, typename T>
+inline void prefetch_row(const T* row) {
+  for (int64_t off = 0; off < kBytes; off += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(row) + off, _MM_HINT_T0);
+  }
+}
+
 // head_dim = 8 * kVecs: q and the output stay in registers across all keys.
 template <int kVecs, typename T>
 TESSERA_AVX2_FN void head_avx2(const HeadArgs& a) {
@@ -138,9 +186,13 @@ TESSERA_AVX2_FN void head_avx2(const HeadArgs& a) {
   for (int i = 0; i < kVecs; ++i) q[i] = _mm256_loadu_ps(a.q + 8 * i);
   // Scores four keys at a time: their four partial-sum vectors reduce together.
   int64_t j = 0;
+  // Rows sit wherever their pages are: fetch a few keys ahead of use.
+  constexpr int64_t kAhead = 8;
+  constexpr int64_t kRowBytes = kVecs * 8 * sizeof(T);
   for (; j + 4 <= a.n; j += 4) {
     __m256 acc[4];
     for (int t = 0; t < 4; ++t) {
+      if (j + t + kAhead < a.n) prefetch_row<kRowBytes>(static_cast<const T*>(a.k_cache) + a.offsets[j + t + kAhead]);
       const int64_t k = a.offsets[j + t];
       acc[t] = _mm256_mul_ps(q[0], load8<T>(a.k_cache, k));
       for (int i = 1; i < kVecs; ++i) acc[t] = _mm256_fmadd_ps(q[i], load8<T>(a.k_cache, k + 8 * i), acc[t]);
@@ -158,10 +210,11 @@ TESSERA_AVX2_FN void head_avx2(const HeadArgs& a) {
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc, acc), _mm256_hadd_ps(acc, acc));
     a.scores[j] = _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))) * a.scale;
   }
-  const float inv = softmax_in_place(a.scores, a.n);
+  const float inv = softmax_avx2(a.scores, a.n);
   __m256 out[kVecs];
   for (int i = 0; i < kVecs; ++i) out[i] = _mm256_setzero_ps();
   for (int64_t jv = 0; jv < a.n; ++jv) {
+    if (jv + kAhead < a.n) prefetch_row<kRowBytes>(static_cast<const T*>(a.v_cache) + a.offsets[jv + kAhead]);
     const int64_t v = a.offsets[jv];
     const __m256 w = _mm256_set1_ps(a.scores[jv] * inv);
     for (int i = 0; i < kVecs; ++i) out[i] = _mm256_fmadd_ps(w, load8<T>(a.v_cache, v + 8 * i), out[i]);
@@ -171,6 +224,7 @@ TESSERA_AVX2_FN void head_avx2(const HeadArgs& a) {
 #endif
 
 using HeadFn = void (*)(const HeadArgs&);
+
 
 // The kernel for this head size on this CPU; one choice per call, so every head of a
 // batch is computed the same way.
