@@ -77,6 +77,18 @@ def main():
         print()
     for n in notes:
         print(f"WARNING: the workloads differ: {n}")
+    # Single-stream decode reads every weight once per token: its bandwidth against what
+    # this machine's memory delivers (measured by the Tessera process).
+    if ours and ours.get("memory_read_gb_per_s") and ours.get("weight_bytes"):
+        bw = ours["memory_read_gb_per_s"]
+        print()
+        print(f"Memory read bandwidth (Tessera's threads, 512 MiB stream): {bw:.1f} GB/s; "
+              f"weights {ours['weight_bytes'] / 1e6:.1f} MB per decode step")
+        for d in ours.get("decode", []):
+            steps = d["tokens_per_second"] / d["concurrency"]
+            used = steps * ours["weight_bytes"] / 1e9
+            print(f"  decode c={d['concurrency']}: {steps:.1f} steps/s read weights at {used:.1f} GB/s = "
+                  f"{100 * used / bw:.0f}% of the limit")
     sys.exit(1 if notes else 0)
 
 
