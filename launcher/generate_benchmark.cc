@@ -66,7 +66,7 @@ double memory_read_gb_per_s() {
 
 }  // namespace
 
-int run_generate_benchmark(const GenerateOptions& o, const std::string& model_path) {
+int run_generate_benchmark(const GenerateOptions& o, const engine::ModelSource& source) {
   const int64_t max_c = *std::max_element(o.bench_concurrency.begin(), o.bench_concurrency.end());
   if (o.bench_prompt_tokens < 1 || o.bench_decode_tokens < 1 || o.bench_decode_prompt_tokens < 1 || max_c < 1 ||
       o.bench_repeats < 1) {
@@ -78,7 +78,7 @@ int run_generate_benchmark(const GenerateOptions& o, const std::string& model_pa
   const int64_t ps = eo.page_size;
   const int64_t per_seq = o.bench_decode_prompt_tokens + o.bench_decode_tokens;
   eo.kv_cache_tokens = std::max(o.bench_prompt_tokens + ps, max_c * ((per_seq + ps - 1) / ps + 1) * ps);
-  auto loaded = engine::Engine::load_gguf(model_path, eo);
+  auto loaded = engine::Engine::load(source, eo);
   if (!loaded) return fail(loaded.status());
   engine::Engine& engine = **loaded;
   const int64_t vocab = engine.config().vocab_size;

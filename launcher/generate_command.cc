@@ -2,6 +2,7 @@
 // and with --benchmark the engine throughput workload of scripts/bench/cpu-engine.
 #include <charconv>
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <string>
 
@@ -133,6 +134,21 @@ GenerateOptions parse_generate_args(const Args& args) {
       } else if (v) {
         o.error = "--kv-dtype: expected f16 or f32";
       }
+    } else if (a == "--load-format") {
+      auto v = value();
+      if (v && *v == "auto") {
+        o.load_format = engine::LoadFormat::kAuto;
+      } else if (v && *v == "gguf") {
+        o.load_format = engine::LoadFormat::kGguf;
+      } else if (v && *v == "safetensors") {
+        o.load_format = engine::LoadFormat::kSafetensors;
+      } else if (v && *v == "dummy") {
+        o.load_format = engine::LoadFormat::kDummy;
+      } else if (v) {
+        o.error = "--load-format: expected auto, gguf, safetensors or dummy";
+      }
+    } else if (a == "--dummy-seed") {
+      number(&o.dummy_seed);
     } else if (a == "--benchmark") {
       o.benchmark = true;
     } else if (a == "--prompt-tokens") {
@@ -161,23 +177,34 @@ int run_generate(const Args& args) {
   if (!o.error.empty()) return cli::usage_error(kProgram, "generate: " + o.error);
   auto where = locate_model(o.model);
   if (!where) return fail(where.status());
-  if (where->format != ModelFormat::kGguf) {
-    return fail(unimplemented(where->path + ": the CPU engine loads GGUF files; Hugging Face directories come with the "
-                                            "safetensors path of the engine"));
+  if (where->format == ModelFormat::kTokenizerJson) {
+    return fail(invalid_argument(where->path + ": a tokenizer alone; give a GGUF file or a model directory"));
   }
-  if (o.benchmark) return run_generate_benchmark(o, where->path);
+  const engine::ModelSource source{where->path, o.load_format, o.dummy_seed};
+  if (o.benchmark) return run_generate_benchmark(o, source);
 
-  auto gguf = loader::GgufFile::open(where->path);
-  if (!gguf) return fail(gguf.status());
-  auto tok = load_tokenizer(*where, &*gguf);
-  if (!tok) return fail(tok.status());
+  // The tokenizer: the GGUF's own, or the directory's tokenizer.json (a dummy model's
+  // config directory may have none: then only --prompt-ids work and ids are printed).
+  std::optional<loader::GgufFile> gguf;
+  if (where->format == ModelFormat::kGguf) {
+    auto file = loader::GgufFile::open(where->path);
+    if (!file) return fail(file.status());
+    gguf.emplace(std::move(*file));
+  }
+  std::optional<tokenizer::Tokenizer> tok;
+  if (gguf || std::filesystem::exists(std::filesystem::path(where->path) / "tokenizer.json")) {
+    auto t = load_tokenizer(*where, gguf ? &*gguf : nullptr);
+    if (!t) return fail(t.status());
+    tok.emplace(std::move(*t));
+  }
   std::vector<int32_t> prompt;
   if (o.prompt_ids) {
     prompt = *o.prompt_ids;
   } else {
+    if (!tok) return fail(failed_precondition(where->path + " has no tokenizer: use --prompt-ids"));
     std::string text = *o.prompt;
     if (o.chat) {
-      auto tmpl = load_chat_template(*where, &*gguf);
+      auto tmpl = load_chat_template(*where, gguf ? &*gguf : nullptr);
       if (!tmpl) return fail(tmpl.status());
       if (!*tmpl) return fail(failed_precondition("--chat: the model has no chat template"));
       chat_template::ChatRenderRequest req;
@@ -199,7 +226,7 @@ int run_generate(const Args& args) {
   eopts.max_sequences = 1;
   eopts.kv_cache_tokens = std::max<int64_t>(eopts.kv_cache_tokens, static_cast<int64_t>(prompt.size()) + o.max_tokens);
   const auto load_start = std::chrono::steady_clock::now();
-  auto engine = engine::Engine::load_gguf(where->path, eopts);
+  auto engine = engine::Engine::load(source, eopts);
   if (!engine) return fail(engine.status());
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
@@ -217,15 +244,21 @@ int run_generate(const Args& args) {
   const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const engine::GenerationResult& r = (*results)[0];
   if (r.finish == engine::GenerationFinish::kError) return fail(r.error);
-  std::vector<tokenizer::TokenId> out_ids(r.tokens.begin(), r.tokens.end());
-  auto text = tok->decode(out_ids, {tokenizer::SpecialTokenOutput::kSkip});
-  if (!text) return fail(text.status());
+  std::string text;
+  if (tok) {
+    std::vector<tokenizer::TokenId> out_ids(r.tokens.begin(), r.tokens.end());
+    auto decoded = tok->decode(out_ids, {tokenizer::SpecialTokenOutput::kSkip});
+    if (!decoded) return fail(decoded.status());
+    text = *decoded;
+  } else {
+    for (int32_t id : r.tokens) text += (text.empty() ? "" : " ") + std::to_string(id);
+  }
 
   if (o.json) {
     nlohmann::json j;
     j["prompt_token_ids"] = prompt;
     j["token_ids"] = r.tokens;
-    j["text"] = *text;
+    j["text"] = text;
     j["finish_reason"] = engine::generation_finish_name(r.finish);
     if (o.num_logprobs > 0) {
       nlohmann::json lps = nlohmann::json::array();
@@ -239,7 +272,7 @@ int run_generate(const Args& args) {
     j["seconds"] = gen_s;
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
-    std::printf("%s\n", text->c_str());
+    std::printf("%s\n", text.c_str());
   }
   std::fprintf(stderr, "tessera generate: %s; loaded in %.2f s; %zu prompt + %zu generated tokens in %.3f s (%s)\n",
                (*engine)->backend_name().c_str(), load_s, prompt.size(), r.tokens.size(), gen_s,

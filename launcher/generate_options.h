@@ -23,6 +23,8 @@ struct GenerateOptions {
   uint32_t num_logprobs = 0;
   bool json = false;
   engine::EngineOptions engine;
+  engine::LoadFormat load_format = engine::LoadFormat::kAuto;
+  uint64_t dummy_seed = 0;
   // --benchmark
   bool benchmark = false;
   int64_t bench_prompt_tokens = 512;
@@ -34,6 +36,6 @@ struct GenerateOptions {
 };
 
 GenerateOptions parse_generate_args(const Args& args);
-int run_generate_benchmark(const GenerateOptions& options, const std::string& model_path);
+int run_generate_benchmark(const GenerateOptions& options, const engine::ModelSource& source);
 
 }  // namespace tessera::launcher

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <unordered_set>
 
 #include "worker/engine/cpu_backend.h"
@@ -22,13 +23,22 @@ Status EngineOptions::validate() const {
 
 Engine::~Engine() = default;
 
-Result<std::unique_ptr<Engine>> Engine::load_gguf(const std::string& path, const EngineOptions& options) {
+Result<std::unique_ptr<Engine>> Engine::load(const ModelSource& source, const EngineOptions& options) {
   TESSERA_RETURN_IF_ERROR(options.validate());
-  auto file = loader::GgufFile::open(path);
-  if (!file) return file.status();
+  namespace fs = std::filesystem;
+  LoadFormat format = source.format;
+  std::error_code ec;
+  if (format == LoadFormat::kAuto) {
+    if (fs::is_directory(source.path, ec)) {
+      format = LoadFormat::kSafetensors;
+    } else if (source.path.ends_with(".gguf")) {
+      format = LoadFormat::kGguf;
+    } else {
+      return invalid_argument(source.path + ": not a .gguf file or a model directory");
+    }
+  }
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
-  engine->file_ = std::make_unique<loader::GgufFile>(std::move(*file));
   auto backend = std::make_unique<CpuBackend>(CpuBackendOptions{options.num_threads, options.matmul_path});
   engine->num_threads_ = backend->num_threads();
   engine->backend_ = std::move(backend);
@@ -36,8 +46,25 @@ Result<std::unique_ptr<Engine>> Engine::load_gguf(const std::string& path, const
   load.max_batch_tokens = options.max_batch_tokens;
   load.max_sample_rows = options.max_sequences;
   load.weight_mode = options.weight_mode;
-  auto model = models::LlamaModel::from_gguf(*engine->file_, *engine->backend_, load);
-  if (!model) return model.status().with_context(path);
+  Result<std::unique_ptr<models::LlamaModel>> model = internal_error("no model");
+  if (format == LoadFormat::kGguf) {
+    auto file = loader::GgufFile::open(source.path);
+    if (!file) return file.status();
+    engine->gguf_ = std::make_unique<loader::GgufFile>(std::move(*file));
+    model = models::LlamaModel::from_gguf(*engine->gguf_, *engine->backend_, load);
+  } else {
+    auto config = models::load_hf_config(source.path);
+    if (!config) return config.status();
+    if (format == LoadFormat::kDummy) {
+      model = models::LlamaModel::from_dummy(*config, source.dummy_seed, *engine->backend_, load);
+    } else {
+      auto files = loader::SafetensorsModel::open(source.path);
+      if (!files) return files.status();
+      engine->safetensors_ = std::make_unique<loader::SafetensorsModel>(std::move(*files));
+      model = models::LlamaModel::from_safetensors(*engine->safetensors_, *config, *engine->backend_, load);
+    }
+  }
+  if (!model) return model.status().with_context(source.path);
   engine->model_ = std::move(*model);
   const models::ModelConfig& c = engine->model_->config();
   engine->num_pages_ = (options.kv_cache_tokens + options.page_size - 1) / options.page_size;

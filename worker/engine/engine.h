@@ -36,6 +36,20 @@ struct EngineOptions {
   [[nodiscard]] Status validate() const;
 };
 
+// Where the weights come from.
+enum class LoadFormat {
+  kAuto,         // a .gguf file, or a Hugging Face directory (config.json + *.safetensors)
+  kGguf,
+  kSafetensors,  // a Hugging Face directory
+  kDummy,        // a config.json (or its directory) filled with seeded random weights
+};
+
+struct ModelSource {
+  std::string path;
+  LoadFormat format = LoadFormat::kAuto;
+  uint64_t dummy_seed = 0;
+};
+
 struct NewSequence {
   uint64_t seq_id = 0;
   std::vector<int32_t> token_ids;  // the prompt, then tokens generated before a recompute
@@ -77,8 +91,11 @@ struct StepOutput {
 
 class Engine {
  public:
-  // Opens a GGUF model and loads it on the CPU backend.
-  [[nodiscard]] static Result<std::unique_ptr<Engine>> load_gguf(const std::string& path, const EngineOptions& options);
+  // Opens the model and loads it on the CPU backend.
+  [[nodiscard]] static Result<std::unique_ptr<Engine>> load(const ModelSource& source, const EngineOptions& options);
+  [[nodiscard]] static Result<std::unique_ptr<Engine>> load_gguf(const std::string& path, const EngineOptions& options) {
+    return load({path, LoadFormat::kGguf, 0}, options);
+  }
 
   [[nodiscard]] Result<StepOutput> step(const StepInput& input);
 
@@ -107,7 +124,9 @@ class Engine {
   [[nodiscard]] Status check_plan(const StepInput& input) const;
 
   EngineOptions options_;
-  std::unique_ptr<loader::GgufFile> file_;
+  // The open model files the weights are borrowed from (one of them, or neither for dummy).
+  std::unique_ptr<loader::GgufFile> gguf_;
+  std::unique_ptr<loader::SafetensorsModel> safetensors_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<models::LlamaModel> model_;
   KvShape kv_shape_;

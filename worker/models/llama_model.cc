@@ -6,10 +6,12 @@
 
 #include "kernels/cpu/dequantize.h"
 #include "kernels/cpu/matmul.h"
+#include "worker/models/dummy_weights.h"
 
 namespace tessera::models {
 
 namespace kc = kernels::cpu;
+using kc::GgmlType;
 using engine::MatmulTarget;
 using engine::WeightTensor;
 
@@ -54,85 +56,194 @@ std::vector<float> rope_inv_freq(const ModelConfig& c, std::span<const float> fr
 
 namespace {
 
-// A GGUF tensor with its shape checked against the spec (GGUF dims are reversed).
-Result<const loader::GgufTensorInfo*> find_checked(const loader::GgufFile& file, const WeightSpec& spec) {
-  const loader::GgufTensorInfo* info = file.find_tensor(spec.gguf_name);
-  if (!info) return not_found("tensor " + spec.gguf_name + " is missing");
-  std::vector<int64_t> shape(info->dims.rbegin(), info->dims.rend());
-  if (shape != spec.shape) {
-    std::string want, have;
-    for (int64_t d : spec.shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
-    for (int64_t d : shape) have += (have.empty() ? "" : ", ") + std::to_string(d);
-    return invalid_argument("tensor " + spec.gguf_name + " has shape [" + have + "], the config needs [" + want + "]");
-  }
-  return info;
+struct HostTensor {
+  GgmlType type = GgmlType::kF32;
+  std::span<const std::byte> bytes;
+  int64_t num_elements = 0;
+};
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out;
+  for (int64_t d : shape) out += (out.empty() ? "" : ", ") + std::to_string(d);
+  return "[" + out + "]";
 }
+
+}  // namespace
+
+struct LlamaModel::TensorSource {
+  virtual ~TensorSource() = default;
+  // The tensor of `spec` as stored: NOT_FOUND when missing, INVALID_ARGUMENT when its shape
+  // or type does not fit.
+  virtual Result<HostTensor> get(const WeightSpec& spec) = 0;
+};
+
+namespace {
+
+class GgufSource final : public LlamaModel::TensorSource {
+ public:
+  explicit GgufSource(const loader::GgufFile& file) : file_(file) {}
+  Result<HostTensor> get(const WeightSpec& spec) override {
+    const loader::GgufTensorInfo* info = file_.find_tensor(spec.gguf_name);
+    if (!info) return not_found("tensor " + spec.gguf_name + " is missing");
+    const std::vector<int64_t> shape(info->dims.rbegin(), info->dims.rend());  // GGUF dims are reversed
+    if (shape != spec.shape) {
+      return invalid_argument("tensor " + spec.gguf_name + " has shape " + shape_text(shape) + ", the config needs " +
+                              shape_text(spec.shape));
+    }
+    return HostTensor{info->type, file_.tensor_data(*info), info->num_elements};
+  }
+
+ private:
+  const loader::GgufFile& file_;
+};
+
+class SafetensorsSource final : public LlamaModel::TensorSource {
+ public:
+  explicit SafetensorsSource(const loader::SafetensorsModel& files) : files_(files) {}
+  Result<HostTensor> get(const WeightSpec& spec) override {
+    const loader::TensorView* view = files_.find(spec.hf_name);
+    if (!view) return not_found("tensor " + spec.hf_name + " is missing");
+    if (view->shape != spec.shape) {
+      return invalid_argument("tensor " + spec.hf_name + " has shape " + shape_text(view->shape) +
+                              ", the config needs " + shape_text(spec.shape));
+    }
+    GgmlType type;
+    switch (view->dtype) {
+      case loader::TensorDtype::kF32: type = GgmlType::kF32; break;
+      case loader::TensorDtype::kF16: type = GgmlType::kF16; break;
+      case loader::TensorDtype::kBF16: type = GgmlType::kBF16; break;
+      default:
+        return invalid_argument("tensor " + spec.hf_name + " is " +
+                                std::string(loader::tensor_dtype_name(view->dtype)) +
+                                "; the engine loads F32, F16 and BF16 checkpoints");
+    }
+    return HostTensor{type, view->bytes, view->num_elements()};
+  }
+
+ private:
+  const loader::SafetensorsModel& files_;
+};
+
+// Generates each tensor on first request; the storage moves into the model afterwards.
+class DummySource final : public LlamaModel::TensorSource {
+ public:
+  explicit DummySource(uint64_t seed) : seed_(seed) {}
+  Result<HostTensor> get(const WeightSpec& spec) override {
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    auto& data = storage.emplace_back(static_cast<size_t>(n));
+    fill_dummy_bf16(spec, seed_, 0, data);
+    return HostTensor{GgmlType::kBF16, std::as_bytes(std::span<const uint16_t>(data)), n};
+  }
+  std::vector<std::vector<uint16_t>> storage;
+
+ private:
+  uint64_t seed_;
+};
 
 }  // namespace
 
 Result<std::unique_ptr<LlamaModel>> LlamaModel::from_gguf(const loader::GgufFile& file, engine::Backend& backend,
                                                           const LlamaLoadOptions& options) {
-  TESSERA_RETURN_IF_ERROR(options.validate());
   Result<ModelConfig> config = config_from_gguf(file);
   if (!config) return config.status();
-  TESSERA_RETURN_IF_ERROR(config->validate());
-  std::unique_ptr<LlamaModel> model(new LlamaModel(backend, *config, options));
-  const ModelConfig& c = model->config_;
   // llama.cpp's converter permutes q/k rows of llama-type models so rotation pairs are
   // adjacent; Qwen2 files keep Hugging Face's halves layout (llama.cpp's NeoX mode).
-  model->rope_style_ = c.family == ModelFamily::kQwen2 ? engine::RopeStyle::kHalf : engine::RopeStyle::kInterleaved;
-
-  std::unordered_map<std::string, const loader::GgufTensorInfo*> tensors;
-  for (const WeightSpec& spec : weight_specs(c)) {
-    auto info = find_checked(file, spec);
-    if (!info) return info.status();
-    tensors[spec.gguf_name] = *info;
+  const engine::RopeStyle style =
+      config->family == ModelFamily::kQwen2 ? engine::RopeStyle::kHalf : engine::RopeStyle::kInterleaved;
+  std::vector<float> divisors;
+  if (const loader::GgufTensorInfo* freqs = file.find_tensor("rope_freqs.weight")) {
+    divisors.resize(static_cast<size_t>(freqs->num_elements));
+    TESSERA_RETURN_IF_ERROR(file.dequantize_tensor(*freqs, divisors));
+    if (static_cast<int64_t>(divisors.size()) != config->head_dim / 2) {
+      return invalid_argument("rope_freqs.weight has " + std::to_string(divisors.size()) + " entries, expected " +
+                              std::to_string(config->head_dim / 2));
+    }
   }
+  GgufSource source(file);
+  return load(*config, source, style, divisors, backend, options);
+}
+
+Result<std::unique_ptr<LlamaModel>> LlamaModel::from_safetensors(const loader::SafetensorsModel& files,
+                                                                 const ModelConfig& config, engine::Backend& backend,
+                                                                 const LlamaLoadOptions& options) {
+  SafetensorsSource source(files);
+  return load(config, source, engine::RopeStyle::kHalf, {}, backend, options);
+}
+
+Result<std::unique_ptr<LlamaModel>> LlamaModel::from_dummy(const ModelConfig& config, uint64_t seed,
+                                                           engine::Backend& backend, const LlamaLoadOptions& options) {
+  DummySource source(seed);
+  auto model = load(config, source, engine::RopeStyle::kHalf, {}, backend, options);
+  if (model) {
+    for (auto& data : source.storage) (*model)->owned_bf16_.push_back(std::move(data));
+  }
+  return model;
+}
+
+Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const ModelConfig& config, TensorSource& source,
+                                                     engine::RopeStyle rope_style,
+                                                     std::span<const float> rope_freq_divisors,
+                                                     engine::Backend& backend, const LlamaLoadOptions& options) {
+  TESSERA_RETURN_IF_ERROR(options.validate());
+  TESSERA_RETURN_IF_ERROR(config.validate());
+  std::unique_ptr<LlamaModel> model(new LlamaModel(backend, config, options));
+  const ModelConfig& c = model->config_;
+  model->rope_style_ = rope_style;
+
+  // Specs by their GGUF-style name, the key the code below uses whatever the source.
+  std::unordered_map<std::string, WeightSpec> specs;
+  for (WeightSpec& spec : weight_specs(c)) specs.emplace(spec.gguf_name, std::move(spec));
+  auto fetch = [&](const std::string& name) -> Result<HostTensor> { return source.get(specs.at(name)); };
 
   auto load_vector = [&](const std::string& name) -> Result<const float*> {
-    const loader::GgufTensorInfo* info = tensors.at(name);
-    std::vector<float> host(static_cast<size_t>(info->num_elements));
-    TESSERA_RETURN_IF_ERROR(file.dequantize_tensor(*info, host));
-    auto dst = backend.allocate_floats(info->num_elements, name);
+    auto t = fetch(name);
+    if (!t) return t.status();
+    std::vector<float> host(static_cast<size_t>(t->num_elements));
+    Status s = kc::dequantize({t->type, t->bytes, host});
+    if (!s.is_ok()) return s.with_context("tensor " + name);
+    auto dst = backend.allocate_floats(t->num_elements, name);
     if (!dst) return dst.status();
     TESSERA_RETURN_IF_ERROR(backend.upload_floats(host, *dst));
-    model->weight_bytes_ += info->num_elements * 4;
+    model->weight_bytes_ += t->num_elements * 4;
     return *dst;
   };
-  auto load_matrix = [&](const std::string& name, bool allow_native) -> Result<WeightTensor> {
-    const loader::GgufTensorInfo* info = tensors.at(name);
-    const int64_t k = info->dims[0];
-    const int64_t n = info->num_elements / k;
-    const bool native = allow_native && options.weight_mode == WeightMode::kNative && kc::matmul_supported(info->type) &&
-                        k % kc::matmul_k_multiple(info->type) == 0;
+  auto load_matrix = [&](const std::string& name) -> Result<WeightTensor> {
+    auto t = fetch(name);
+    if (!t) return t.status();
+    const WeightSpec& spec = specs.at(name);
+    const int64_t n = spec.shape[0];
+    const int64_t k = spec.shape[1];
+    const bool native = options.weight_mode == WeightMode::kNative && kc::matmul_supported(t->type) &&
+                        k % kc::matmul_k_multiple(t->type) == 0;
     if (native) {
-      model->weight_bytes_ += static_cast<int64_t>(info->size_bytes);
-      return backend.upload_weight(info->type, file.tensor_data(*info), n, k);
+      model->weight_bytes_ += static_cast<int64_t>(t->bytes.size());
+      return backend.upload_weight(t->type, t->bytes, n, k);
     }
-    auto& owned = model->owned_weights_.emplace_back(static_cast<size_t>(info->num_elements));
-    Status s = file.dequantize_tensor(*info, owned);
+    auto& owned = model->owned_weights_.emplace_back(static_cast<size_t>(t->num_elements));
+    Status s = kc::dequantize({t->type, t->bytes, owned});
     if (!s.is_ok()) return s.with_context("tensor " + name);
-    model->weight_bytes_ += info->num_elements * 4;
+    model->weight_bytes_ += t->num_elements * 4;
     return backend.upload_weight(kc::GgmlType::kF32, std::as_bytes(std::span<const float>(owned)), n, k);
   };
-#define TESSERA_ASSIGN(lhs, expr)        \
-  do {                                   \
-    auto _r = (expr);                    \
-    if (!_r) return _r.status();         \
-    lhs = *_r;                           \
+#define TESSERA_ASSIGN(lhs, expr) \
+  do {                            \
+    auto _r = (expr);             \
+    if (!_r) return _r.status();  \
+    lhs = *_r;                    \
   } while (0)
 
   // The embedding table is only gathered from, never multiplied: keep it as stored.
   {
-    const loader::GgufTensorInfo* info = tensors.at("token_embd.weight");
-    if (!kc::ggml_type_traits(info->type) || !kc::ggml_type_traits(info->type)->can_dequantize) {
-      return unimplemented("token_embd.weight: no kernel for type " + std::string(kc::ggml_type_name(info->type)));
+    auto t = fetch("token_embd.weight");
+    if (!t) return t.status();
+    if (!kc::ggml_type_traits(t->type) || !kc::ggml_type_traits(t->type)->can_dequantize) {
+      return unimplemented("token_embd.weight: no kernel for type " + std::string(kc::ggml_type_name(t->type)));
     }
-    model->embedding_ = {info->type, file.tensor_data(*info).data(), info->dims[1], info->dims[0],
-                         static_cast<int64_t>(info->size_bytes)};
-    if (!c.tie_word_embeddings) model->weight_bytes_ += static_cast<int64_t>(info->size_bytes);
+    model->embedding_ = {t->type, t->bytes.data(), c.vocab_size, c.hidden_size, static_cast<int64_t>(t->bytes.size())};
+    if (!c.tie_word_embeddings) model->weight_bytes_ += static_cast<int64_t>(t->bytes.size());
   }
-  TESSERA_ASSIGN(model->lm_head_, load_matrix(c.tie_word_embeddings ? "token_embd.weight" : "output.weight", true));
+  TESSERA_ASSIGN(model->lm_head_, load_matrix(c.tie_word_embeddings ? "token_embd.weight" : "output.weight"));
   TESSERA_ASSIGN(model->final_norm_, load_vector("output_norm.weight"));
   model->layers_.resize(c.num_layers);
   for (uint32_t i = 0; i < c.num_layers; ++i) {
@@ -140,13 +251,13 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_gguf(const loader::GgufFile
     Layer& l = model->layers_[i];
     TESSERA_ASSIGN(l.attn_norm, load_vector(p + "attn_norm.weight"));
     TESSERA_ASSIGN(l.ffn_norm, load_vector(p + "ffn_norm.weight"));
-    TESSERA_ASSIGN(l.wq, load_matrix(p + "attn_q.weight", true));
-    TESSERA_ASSIGN(l.wk, load_matrix(p + "attn_k.weight", true));
-    TESSERA_ASSIGN(l.wv, load_matrix(p + "attn_v.weight", true));
-    TESSERA_ASSIGN(l.wo, load_matrix(p + "attn_output.weight", true));
-    TESSERA_ASSIGN(l.w_gate, load_matrix(p + "ffn_gate.weight", true));
-    TESSERA_ASSIGN(l.w_up, load_matrix(p + "ffn_up.weight", true));
-    TESSERA_ASSIGN(l.w_down, load_matrix(p + "ffn_down.weight", true));
+    TESSERA_ASSIGN(l.wq, load_matrix(p + "attn_q.weight"));
+    TESSERA_ASSIGN(l.wk, load_matrix(p + "attn_k.weight"));
+    TESSERA_ASSIGN(l.wv, load_matrix(p + "attn_v.weight"));
+    TESSERA_ASSIGN(l.wo, load_matrix(p + "attn_output.weight"));
+    TESSERA_ASSIGN(l.w_gate, load_matrix(p + "ffn_gate.weight"));
+    TESSERA_ASSIGN(l.w_up, load_matrix(p + "ffn_up.weight"));
+    TESSERA_ASSIGN(l.w_down, load_matrix(p + "ffn_down.weight"));
     if (c.attention_bias) {
       TESSERA_ASSIGN(l.bq, load_vector(p + "attn_q.bias"));
       TESSERA_ASSIGN(l.bk, load_vector(p + "attn_k.bias"));
@@ -154,17 +265,7 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::from_gguf(const loader::GgufFile
     }
   }
 #undef TESSERA_ASSIGN
-
-  std::vector<float> divisors;
-  if (const loader::GgufTensorInfo* freqs = file.find_tensor("rope_freqs.weight")) {
-    divisors.resize(static_cast<size_t>(freqs->num_elements));
-    TESSERA_RETURN_IF_ERROR(file.dequantize_tensor(*freqs, divisors));
-    if (static_cast<int64_t>(divisors.size()) != c.head_dim / 2) {
-      return invalid_argument("rope_freqs.weight has " + std::to_string(divisors.size()) + " entries, expected " +
-                              std::to_string(c.head_dim / 2));
-    }
-  }
-  model->inv_freq_ = rope_inv_freq(c, divisors);
+  model->inv_freq_ = rope_inv_freq(c, rope_freq_divisors);
   TESSERA_RETURN_IF_ERROR(model->allocate_activations());
   return model;
 }

@@ -15,6 +15,7 @@
 
 #include "worker/engine/backend.h"
 #include "worker/loader/gguf_file.h"
+#include "worker/loader/safetensors_file.h"
 #include "worker/models/model_config.h"
 
 namespace tessera::models {
@@ -37,6 +38,17 @@ class LlamaModel {
   [[nodiscard]] static Result<std::unique_ptr<LlamaModel>> from_gguf(const loader::GgufFile& file,
                                                                      engine::Backend& backend,
                                                                      const LlamaLoadOptions& options);
+  // Loads a Hugging Face checkpoint (F32/F16/BF16 safetensors, Hugging Face names and
+  // layout) whose config.json gave `config`; the files must outlive the model.
+  [[nodiscard]] static Result<std::unique_ptr<LlamaModel>> from_safetensors(const loader::SafetensorsModel& files,
+                                                                            const ModelConfig& config,
+                                                                            engine::Backend& backend,
+                                                                            const LlamaLoadOptions& options);
+  // The dummy load format: `config` filled with seeded random bfloat16 weights
+  // (models/dummy_weights.h), for benchmarks of shapes we cannot download.
+  [[nodiscard]] static Result<std::unique_ptr<LlamaModel>> from_dummy(const ModelConfig& config, uint64_t seed,
+                                                                      engine::Backend& backend,
+                                                                      const LlamaLoadOptions& options);
 
   const ModelConfig& config() const { return config_; }
   const LlamaLoadOptions& options() const { return options_; }
@@ -48,6 +60,9 @@ class LlamaModel {
   // called, sizes within the load options.
   [[nodiscard]] Status forward(const engine::StepLayout& layout, std::span<const int32_t> sample_rows);
   const float* logits() const { return logits_; }
+
+  // Where loading finds each tensor of weight_specs(config) (defined with the loaders).
+  struct TensorSource;
 
  private:
   struct Layer {
@@ -61,6 +76,11 @@ class LlamaModel {
 
   LlamaModel(engine::Backend& backend, ModelConfig config, LlamaLoadOptions options)
       : backend_(backend), config_(std::move(config)), options_(options) {}
+  [[nodiscard]] static Result<std::unique_ptr<LlamaModel>> load(const ModelConfig& config, TensorSource& source,
+                                                                engine::RopeStyle rope_style,
+                                                                std::span<const float> rope_freq_divisors,
+                                                                engine::Backend& backend,
+                                                                const LlamaLoadOptions& options);
   [[nodiscard]] Status allocate_activations();
 
   engine::Backend& backend_;
@@ -73,8 +93,9 @@ class LlamaModel {
   const float* final_norm_ = nullptr;
   std::vector<Layer> layers_;
   int64_t weight_bytes_ = 0;
-  // Dequantized weights (WeightMode::kDequantizeF32) live here.
+  // Dequantized weights (WeightMode::kDequantizeF32) and generated ones (dummy) live here.
   std::vector<std::vector<float>> owned_weights_;
+  std::vector<std::vector<uint16_t>> owned_bf16_;
   // Activations [max_batch_tokens, width].
   float* x_ = nullptr;
   float* h_ = nullptr;
