@@ -11,3 +11,6 @@ tessera_add_unit_test(worker_engine_formats_test SERIAL SOURCES unit/worker/engi
                       LIBS tessera_engine nlohmann_json::nlohmann_json)
 target_compile_definitions(worker_engine_formats_test PRIVATE TESSERA_FIXTURES_DIR="${CMAKE_CURRENT_SOURCE_DIR}/fixtures")
 target_include_directories(worker_engine_formats_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/unit/worker)
+tessera_add_unit_test(worker_engine_families_test SOURCES unit/worker/engine/engine_families_test.cc
+                      LIBS tessera_engine nlohmann_json::nlohmann_json)
+target_compile_definitions(worker_engine_families_test PRIVATE TESSERA_FIXTURES_DIR="${CMAKE_CURRENT_SOURCE_DIR}/fixtures")
