@@ -175,3 +175,47 @@ TEST_CASE("a seeded sampled request gives the same tokens alone and in a batch",
   const Outcome c = run(16, {sampled(prompts[5].token_ids, 4321)}, 0, {});
   REQUIRE(c.tokens != a.tokens);
 }
+
+TEST_CASE("a sequence reusing another's cached prefix pages gets the same logits", "[engine][prefix]") {
+  const std::string model = testing::test_model_path();
+  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model");
+  const auto prompts = testing::load_reference_prompts();
+  const std::vector<int32_t>& prompt = prompts[16].token_ids;  // 170 tokens
+  REQUIRE(prompt.size() > 64);
+  EngineOptions o;
+  o.page_size = 16;
+  o.kv_cache_tokens = 1024;
+  auto loaded = Engine::load_gguf(model, o);
+  REQUIRE(loaded.is_ok());
+  Engine& engine = **loaded;
+  SamplingOptions g;
+  g.temperature = 0;
+  const auto n = static_cast<uint32_t>(prompt.size());
+  const int64_t num_pages = (n + 15) / 16;
+  std::vector<int32_t> pages_a, pages_b;
+  for (int64_t i = 0; i < num_pages; ++i) {
+    pages_a.push_back(static_cast<int32_t>(i));
+    pages_b.push_back(static_cast<int32_t>(num_pages + i));
+  }
+  // Sequence 1 computes the whole prompt.
+  StepInput a;
+  a.new_sequences.push_back({1, prompt, n, g, {}, 0});
+  a.scheduled.push_back({1, 0, n, pages_a, true});
+  a.return_logits = true;
+  auto out_a = engine.step(a);
+  REQUIRE(out_a.is_ok());
+
+  // Sequence 2 has the same prompt; its first 4 pages (64 tokens) are sequence 1's, and the
+  // 5th, partly filled by the shared prefix, is copied first (copy-on-write) — then only
+  // the rest is computed.
+  const uint32_t cached = 64;
+  StepInput b;
+  b.new_sequences.push_back({2, prompt, n, g, {pages_a.begin(), pages_a.begin() + 4}, cached});
+  b.scheduled.push_back({2, cached, n - cached, {pages_b.begin() + 4, pages_b.end()}, true});
+  b.page_copies.push_back({pages_a[4], pages_b[4]});
+  b.return_logits = true;
+  auto out_b = engine.step(b);
+  REQUIRE(out_b.is_ok());
+  REQUIRE(out_b->sampled[0].sample.token_id == out_a->sampled[0].sample.token_id);
+  REQUIRE(std::memcmp(out_a->logits.data(), out_b->logits.data(), out_a->logits.size() * sizeof(float)) == 0);
+}
