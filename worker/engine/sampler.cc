@@ -510,7 +510,10 @@ Result<SampleResult> SequenceSampler::sample(std::span<float> logits) {
   if (token < 0) return internal_error("sampler: logits are all NaN or -inf");
 
   result.token_id = token;
-  if (options_.logprobs) result.logprob = static_cast<float>(raw[static_cast<std::size_t>(token)] - raw_log_sum_exp);
+  if (options_.logprobs) {
+    result.has_logprobs = true;
+    result.logprob = static_cast<float>(raw[static_cast<std::size_t>(token)] - raw_log_sum_exp);
+  }
   record_output(token);
   return result;
 }

@@ -57,6 +57,7 @@ struct TokenLogprob {
 
 struct SampleResult {
   int32_t token_id = 0;
+  bool has_logprobs = false;      // options.logprobs was set: logprob and top are filled
   float logprob = 0;              // set when options.logprobs
   std::vector<TokenLogprob> top;  // num_top_logprobs entries (fewer if the vocabulary is
                                   // smaller), most likely first, ties by lower id

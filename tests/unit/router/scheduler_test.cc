@@ -1,0 +1,385 @@
+// router/scheduler against a fake worker whose "model" reads each sequence's history back
+// from the KV pages it was told to use: wrong page tables, a wrong prefix-cache hit or a
+// bad recompute after preemption all change the tokens. Outputs must equal each request
+// run alone, whatever the mix of arrivals, aborts, chunking, caching and preemption, and
+// no page may leak.
+#include "router/scheduler.h"
+
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <random>
+#include <set>
+
+using namespace tessera;
+using namespace tessera::router;
+
+namespace {
+
+constexpr int32_t kVocab = 1000;
+constexpr int32_t kEos = 2;
+
+// The fake model: the next token from the whole history (FNV-1a), EOS now and then.
+int32_t next_token(const std::vector<int32_t>& history) {
+  uint64_t h = 1469598103934665603ull;
+  for (int32_t t : history) h = (h ^ static_cast<uint32_t>(t)) * 1099511628211ull;
+  if (h % 23 == 0) return kEos;
+  return static_cast<int32_t>(3 + h % (kVocab - 3));
+}
+
+struct FakeWorker {
+  int32_t page_size;
+  std::vector<int32_t> kv;  // the "KV" of each slot: the token id computed there
+  struct Seq {
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> pages;
+    int32_t computed = 0;
+  };
+  std::map<uint64_t, Seq> seqs;
+
+  FakeWorker(int32_t num_pages, int32_t ps) : page_size(ps), kv(static_cast<size_t>(num_pages * ps), -1) {}
+
+  int32_t& slot(const Seq& s, int32_t pos) {
+    return kv[static_cast<size_t>(s.pages[static_cast<size_t>(pos / page_size)] * page_size + pos % page_size)];
+  }
+
+  StepOutcome run(const Plan& plan) {
+    for (uint64_t id : plan.released_seq_ids) REQUIRE(seqs.erase(id) == 1);
+    for (const PlanNewSequence& n : plan.new_sequences) {
+      REQUIRE(seqs.count(n.seq_id) == 0);
+      Seq s{n.token_ids, n.cached_pages, static_cast<int32_t>(n.num_cached_tokens)};
+      // A prefix-cache hit must hand over pages that really hold these tokens.
+      for (int32_t pos = 0; pos < s.computed; ++pos) REQUIRE(slot(s, pos) == s.tokens[static_cast<size_t>(pos)]);
+      seqs[n.seq_id] = std::move(s);
+    }
+    StepOutcome out{plan.step_id, {}};
+    for (const PlanSlice& sl : plan.scheduled) {
+      Seq& s = seqs.at(sl.seq_id);
+      s.pages.insert(s.pages.end(), sl.new_pages.begin(), sl.new_pages.end());
+      REQUIRE(static_cast<int32_t>(sl.start_position) == s.computed);
+      const int32_t end = s.computed + static_cast<int32_t>(sl.num_tokens);
+      REQUIRE(end <= static_cast<int32_t>(s.tokens.size()));
+      REQUIRE(static_cast<int32_t>(s.pages.size()) * page_size >= end);
+      for (int32_t pos = s.computed; pos < end; ++pos) slot(s, pos) = s.tokens[static_cast<size_t>(pos)];
+      s.computed = end;
+      if (sl.sample) {
+        REQUIRE(end == static_cast<int32_t>(s.tokens.size()));
+        std::vector<int32_t> history;  // read back through the page table
+        for (int32_t pos = 0; pos < end; ++pos) history.push_back(slot(s, pos));
+        const int32_t t = next_token(history);
+        s.tokens.push_back(t);
+        out.sampled.push_back({sl.seq_id, t, false, nullptr});
+      }
+    }
+    return out;
+  }
+};
+
+// What a request produces run alone.
+std::vector<int32_t> expected_output(const std::vector<int32_t>& prompt, const StopCriteria& stop, int32_t ctx) {
+  std::vector<int32_t> tokens = prompt, out;
+  while (true) {
+    const int32_t t = next_token(tokens);
+    tokens.push_back(t);
+    out.push_back(t);
+    const bool may_stop = out.size() > stop.min_tokens;
+    if (may_stop && !stop.ignore_eos && t == kEos) break;
+    if (stop.max_tokens && out.size() >= stop.max_tokens) break;
+    if (static_cast<int32_t>(tokens.size()) >= ctx) break;
+  }
+  return out;
+}
+
+struct Harness {
+  SchedulerOptions options;
+  Scheduler scheduler;
+  FakeWorker worker;
+  std::map<uint64_t, std::vector<int32_t>> outputs;
+  std::map<uint64_t, FinishReason> finished;
+  int64_t max_step_tokens = 0;
+
+  explicit Harness(SchedulerOptions o)
+      : options(o), scheduler(o), worker(o.num_pages, o.page_size) {}
+
+  void take(const std::vector<RequestEvent>& events) {
+    for (const RequestEvent& e : events) {
+      REQUIRE(finished.count(e.request_id) == 0);
+      if (e.token) outputs[e.request_id].push_back(*e.token);
+      if (e.finish != FinishReason::kNone) finished[e.request_id] = e.finish;
+    }
+  }
+
+  // One step; false when there was nothing to do.
+  bool step() {
+    Plan plan = scheduler.next_plan();
+    if (plan.empty()) return false;
+    int64_t tokens = 0;
+    for (const PlanSlice& s : plan.scheduled) {
+      tokens += s.num_tokens;
+      if (!s.sample && options.prefill_chunk_tokens > 0) REQUIRE(s.num_tokens <= static_cast<uint32_t>(options.prefill_chunk_tokens));
+    }
+    REQUIRE(tokens <= options.max_batch_tokens);
+    max_step_tokens = std::max(max_step_tokens, tokens);
+    take(scheduler.on_step_result(worker.run(plan)));
+    return true;
+  }
+
+  void drain() {
+    for (int i = 0; i < 100000 && step(); ++i) {
+    }
+    REQUIRE(scheduler.idle());
+  }
+
+  // Only the prefix cache may still hold pages, and all of them are evictable.
+  void require_no_leaks() {
+    REQUIRE(scheduler.pages().num_used() == scheduler.prefix_cache().stats().num_cached_pages);
+    scheduler.prefix_cache().evict(options.num_pages);
+    REQUIRE(scheduler.pages().num_used() == 0);
+  }
+};
+
+SchedulerOptions small_options() {
+  SchedulerOptions o;
+  o.num_pages = 64;
+  o.page_size = 4;
+  o.max_context_tokens = 200;
+  o.max_num_seqs = 8;
+  o.max_batch_tokens = 32;
+  o.prefill_chunk_tokens = 12;
+  o.eos_token_ids = {kEos};
+  return o;
+}
+
+std::vector<int32_t> make_prompt(std::mt19937& rng, int prefix_id, int suffix_len) {
+  std::vector<int32_t> p;
+  std::mt19937 prefix_rng(static_cast<unsigned>(prefix_id));  // a few shared prefixes
+  for (int i = 0; i < 20; ++i) p.push_back(static_cast<int32_t>(3 + prefix_rng() % (kVocab - 3)));
+  for (int i = 0; i < suffix_len; ++i) p.push_back(static_cast<int32_t>(3 + rng() % (kVocab - 3)));
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("requests give the tokens they give alone, within the step budget and chunk size", "[scheduler]") {
+  Harness h(small_options());
+  std::mt19937 rng(1);
+  std::map<uint64_t, std::vector<int32_t>> want;
+  for (uint64_t id = 1; id <= 20; ++id) {
+    RequestSpec r;
+    r.request_id = id;
+    r.prompt = make_prompt(rng, static_cast<int>(id % 3), static_cast<int>(rng() % 30));
+    r.stop.max_tokens = 1 + rng() % 40;
+    want[id] = expected_output(r.prompt, r.stop, 200);
+    REQUIRE(h.scheduler.submit(r).is_ok());
+  }
+  h.drain();
+  for (const auto& [id, tokens] : want) {
+    INFO("request " << id);
+    REQUIRE(h.outputs[id] == tokens);
+  }
+  REQUIRE(h.max_step_tokens == 32);
+  REQUIRE(h.scheduler.stats().num_preemptions == 0);  // full reservation never preempts
+  REQUIRE(h.scheduler.stats().prefix_cache.num_hit_tokens > 0);  // the shared prefixes hit
+  h.require_no_leaks();
+}
+
+TEST_CASE("admission never commits more KV pages than the pool holds", "[scheduler]") {
+  SchedulerOptions o = small_options();
+  o.num_pages = 40;
+  o.enable_prefix_cache = false;
+  Harness h(o);
+  std::mt19937 rng(2);
+  for (uint64_t id = 1; id <= 30; ++id) {
+    RequestSpec r;
+    r.request_id = id;
+    r.prompt = make_prompt(rng, static_cast<int>(id), 10);
+    r.stop.max_tokens = 60;
+    r.stop.ignore_eos = true;
+    REQUIRE(h.scheduler.submit(r).is_ok());
+  }
+  while (h.step()) {
+    // Each running request reserves ceil((30 + 60) / 4) = 23 pages: one at a time fits.
+    REQUIRE(h.scheduler.stats().num_running <= 1);
+    REQUIRE(h.scheduler.pages().num_used() <= o.num_pages);
+  }
+  REQUIRE(h.finished.size() == 30);
+  h.require_no_leaks();
+}
+
+TEST_CASE("preempted requests resume by recompute and finish with the same tokens", "[scheduler]") {
+  SchedulerOptions o = small_options();
+  o.num_pages = 24;
+  o.reserve_output_ratio = 0.1;  // admit optimistically: pages run out mid-flight
+  Harness h(o);
+  std::mt19937 rng(3);
+  std::map<uint64_t, std::vector<int32_t>> want;
+  for (uint64_t id = 1; id <= 12; ++id) {
+    RequestSpec r;
+    r.request_id = id;
+    r.prompt = make_prompt(rng, static_cast<int>(id % 2), 5);
+    r.stop.max_tokens = 50;
+    r.stop.ignore_eos = true;
+    want[id] = expected_output(r.prompt, r.stop, 200);
+    REQUIRE(h.scheduler.submit(r).is_ok());
+  }
+  h.drain();
+  REQUIRE(h.scheduler.stats().num_preemptions > 0);
+  for (const auto& [id, tokens] : want) {
+    INFO("request " << id);
+    REQUIRE(h.outputs[id] == tokens);
+  }
+  h.require_no_leaks();
+}
+
+TEST_CASE("stop conditions: eos, min_tokens, stop ids, max_tokens, context", "[scheduler]") {
+  SchedulerOptions o = small_options();
+  o.max_context_tokens = 40;
+  Harness h(o);
+  std::mt19937 rng(4);
+  // Find a prompt whose first token is EOS, to see min_tokens and ignore_eos act on it.
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 10000; ++i) {
+    prompt = make_prompt(rng, 9, 3);
+    if (next_token(prompt) == kEos) break;
+  }
+  REQUIRE(next_token(prompt) == kEos);
+  RequestSpec eos;
+  eos.request_id = 1;
+  eos.prompt = prompt;
+  eos.stop.max_tokens = 10;
+  RequestSpec min_tokens = eos;
+  min_tokens.request_id = 2;
+  min_tokens.stop.min_tokens = 3;
+  RequestSpec stop_id = eos;
+  stop_id.request_id = 3;
+  stop_id.stop.ignore_eos = true;
+  const int32_t second = next_token([&] {
+    auto t = prompt;
+    t.push_back(kEos);
+    return t;
+  }());
+  stop_id.stop.stop_token_ids = {second};
+  RequestSpec context = eos;
+  context.request_id = 4;
+  context.stop.max_tokens = 0;  // until the 40-token context is full
+  context.stop.ignore_eos = true;
+  for (const RequestSpec& r : {eos, min_tokens, stop_id, context}) REQUIRE(h.scheduler.submit(r).is_ok());
+  h.drain();
+  REQUIRE(h.finished[1] == FinishReason::kEos);
+  REQUIRE(h.outputs[1].size() == 1);
+  REQUIRE(h.outputs[2].size() >= 3);
+  REQUIRE(h.finished[3] == FinishReason::kStopToken);
+  REQUIRE(h.outputs[3] == std::vector<int32_t>{kEos, second});
+  REQUIRE(h.finished[4] == FinishReason::kContextLength);
+  REQUIRE(static_cast<int32_t>(prompt.size() + h.outputs[4].size()) == 40);
+  h.require_no_leaks();
+}
+
+TEST_CASE("bad and excess requests are refused with the right code", "[scheduler]") {
+  SchedulerOptions o = small_options();
+  o.max_waiting_requests = 2;
+  o.max_waiting_tokens = 60;
+  o.max_context_tokens = 1000;  // 250 pages of 4: more than the pool's 64
+  Scheduler s(o);
+  RequestSpec r;
+  r.request_id = 1;
+  REQUIRE(s.submit(r).code() == StatusCode::kInvalidArgument);  // empty prompt
+  r.prompt.assign(1000, 5);
+  REQUIRE(s.submit(r).code() == StatusCode::kInvalidArgument);  // no room in the context
+  r.prompt.assign(35, 5);
+  r.stop.max_tokens = 900;
+  REQUIRE(s.submit(r).code() == StatusCode::kInvalidArgument);  // more pages than the pool
+  r.stop.max_tokens = 5;
+  REQUIRE(s.submit(r).is_ok());
+  REQUIRE(s.submit(r).code() == StatusCode::kInvalidArgument);  // duplicate id
+  r.request_id = 2;
+  REQUIRE(s.submit(r).code() == StatusCode::kResourceExhausted);  // 60 waiting tokens max
+  r.prompt.assign(10, 5);
+  REQUIRE(s.submit(r).is_ok());
+  r.request_id = 3;
+  REQUIRE(s.submit(r).code() == StatusCode::kResourceExhausted);  // 2 waiting requests max
+}
+
+TEST_CASE("10,000 random arrivals, aborts and steps leak no page and keep outputs exact", "[scheduler]") {
+  SchedulerOptions o = small_options();
+  o.num_pages = 48;
+  o.reserve_output_ratio = 0.5;
+  Harness h(o);
+  std::mt19937 rng(5);
+  std::map<uint64_t, std::vector<int32_t>> want;
+  std::set<uint64_t> aborted;
+  uint64_t next_id = 1;
+  for (int event = 0; event < 10000; ++event) {
+    const unsigned kind = rng() % 10;
+    if (kind < 3) {
+      RequestSpec r;
+      r.request_id = next_id++;
+      r.prompt = make_prompt(rng, static_cast<int>(rng() % 4), static_cast<int>(rng() % 25));
+      r.stop.max_tokens = 1 + rng() % 30;
+      r.priority = static_cast<int32_t>(rng() % 3);
+      want[r.request_id] = expected_output(r.prompt, r.stop, o.max_context_tokens);
+      const Status s = h.scheduler.submit(r);
+      if (!s.is_ok()) {
+        REQUIRE(s.code() == StatusCode::kResourceExhausted);
+        want.erase(r.request_id);
+      }
+    } else if (kind == 3 && next_id > 1) {
+      const uint64_t id = 1 + rng() % (next_id - 1);
+      if (auto ev = h.scheduler.abort(id)) {
+        REQUIRE(ev->finish == FinishReason::kAborted);
+        aborted.insert(id);
+        h.take({*ev});
+      }
+    } else {
+      h.step();
+    }
+    REQUIRE(h.scheduler.pages().num_used() <= o.num_pages);
+  }
+  h.drain();
+  int64_t completed = 0;
+  for (const auto& [id, tokens] : want) {
+    if (aborted.count(id)) {
+      // An aborted request's tokens are a prefix of what it would have produced.
+      const auto& got = h.outputs[id];
+      REQUIRE(got.size() <= tokens.size());
+      REQUIRE(std::equal(got.begin(), got.end(), tokens.begin()));
+      continue;
+    }
+    INFO("request " << id);
+    REQUIRE(h.outputs[id] == tokens);
+    ++completed;
+  }
+  REQUIRE(completed > 500);
+  REQUIRE(!aborted.empty());
+  REQUIRE(h.scheduler.stats().prefix_cache.num_hit_tokens > 0);
+  h.require_no_leaks();
+}
+
+TEST_CASE("a lost worker group fails running requests and keeps waiting ones", "[scheduler]") {
+  SchedulerOptions o = small_options();
+  o.max_num_seqs = 2;
+  Harness h(o);
+  std::mt19937 rng(6);
+  for (uint64_t id = 1; id <= 4; ++id) {
+    RequestSpec r;
+    r.request_id = id;
+    r.prompt = make_prompt(rng, 1, 5);
+    r.stop.max_tokens = 20;
+    r.stop.ignore_eos = true;
+    REQUIRE(h.scheduler.submit(r).is_ok());
+  }
+  h.step();
+  const Plan in_flight = h.scheduler.next_plan();  // never answered: the worker died
+  REQUIRE(!in_flight.empty());
+  const auto events = h.scheduler.fail_running(unavailable("worker lost"));
+  REQUIRE(events.size() == 2);
+  for (const auto& e : events) REQUIRE(e.finish == FinishReason::kError);
+  REQUIRE(h.scheduler.stats().num_waiting == 2);
+  REQUIRE(h.scheduler.pages().num_used() == 0);
+  // A fresh worker takes the waiting requests.
+  h.worker = FakeWorker(o.num_pages, o.page_size);
+  h.take(events);
+  h.drain();
+  REQUIRE(h.finished.size() == 4);
+  h.require_no_leaks();
+}
