@@ -27,4 +27,11 @@ inline std::string vocab_dir() {
   return model_cache_dir() + "/vocabs";
 }
 
+// $TESSERA_FIXTURES_DIR (a copy of tests/fixtures elsewhere, e.g. on the GPU host), else
+// the source tree's, compiled in as `compiled_default`.
+inline std::string fixtures_dir(const char* compiled_default) {
+  if (const char* env = std::getenv("TESSERA_FIXTURES_DIR"); env != nullptr && *env != '\0') return env;
+  return compiled_default;
+}
+
 }  // namespace tessera::testing

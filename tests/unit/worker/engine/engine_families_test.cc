@@ -33,7 +33,7 @@ std::vector<FamilyPrompt> load_family(const std::string& dir) {
 }
 
 void check_family(const std::string& name, models::WeightMode mode, double max_error) {
-  const std::string dir = TESSERA_FIXTURES_DIR "/engine/families/" + name;
+  const std::string dir = testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/" + name;
   const auto prompts = load_family(dir);
   EngineOptions o;
   o.weight_mode = mode;

@@ -25,7 +25,7 @@ struct ReferencePrompt {
 };
 
 inline std::vector<ReferencePrompt> load_reference_prompts() {
-  const std::string dir = TESSERA_FIXTURES_DIR "/engine/";
+  const std::string dir = fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/";
   std::ifstream jf(dir + "smollm2_q4_1_reference.json");
   REQUIRE(jf.good());
   const nlohmann::json j = nlohmann::json::parse(jf);

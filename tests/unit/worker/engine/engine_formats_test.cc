@@ -94,7 +94,8 @@ TEST_CASE("a safetensors directory and the GGUF it came from give the same logit
     REQUIRE(out.good());
   }
   entries.clear();
-  fs::copy_file(TESSERA_FIXTURES_DIR "/models/smollm2-135m-instruct/config.json", dir.path / "config.json");
+  fs::copy_file(testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/models/smollm2-135m-instruct/config.json",
+                dir.path / "config.json");
 
   EngineOptions o;
   o.weight_mode = models::WeightMode::kDequantizeF32;
