@@ -3,3 +3,4 @@ tessera_add_unit_test(router_kv_test SOURCES unit/router/kv_test.cc LIBS tessera
 tessera_add_unit_test(router_scheduler_test SOURCES unit/router/scheduler_test.cc LIBS tessera_router_core)
 tessera_add_unit_test(router_wire_contract_test SOURCES unit/router/wire_contract_test.cc
                       LIBS tessera_router_codec tessera_worker_service)
+tessera_add_unit_test(router_metrics_test SOURCES unit/router/router_metrics_test.cc LIBS tessera_router_core)
