@@ -98,6 +98,8 @@ class Engine {
   }
 
   [[nodiscard]] Result<StepOutput> step(const StepInput& input);
+  // Forgets every sequence (the router that planned them is gone); the KV memory stays.
+  void release_all() { sequences_.clear(); }
 
   const models::ModelConfig& config() const { return model_->config(); }
   const EngineOptions& options() const { return options_; }

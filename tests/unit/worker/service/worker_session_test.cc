@@ -1,0 +1,174 @@
+// worker/service/worker_session against an in-process fake router: the worker describes
+// itself, executes plans in order (a bad plan is a WorkerFault, not a crash), forgets its
+// sequences and re-dials when the stream breaks, and exits on a final Detach.
+#include "worker/service/worker_session.h"
+
+#include <catch2/catch.hpp>
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <future>
+#include <mutex>
+
+#include "tessera/v1/worker.grpc.pb.h"
+#include "test_data.h"
+#include "worker/service/plan_codec.h"
+
+using namespace tessera;
+
+namespace {
+
+using Stream = grpc::ServerReaderWriter<v1::RouterMessage, v1::WorkerMessage>;
+
+// Runs the script of the n-th attachment (0-based) on each Attach call.
+class FakeHub final : public v1::WorkerHub::Service {
+ public:
+  std::vector<std::function<void(Stream*)>> scripts;
+  std::mutex mutex;
+  size_t calls = 0;
+  grpc::Status Attach(grpc::ServerContext*, Stream* stream) override {
+    size_t n;
+    {
+      std::lock_guard lock(mutex);
+      n = calls++;
+    }
+    if (n < scripts.size()) scripts[n](stream);
+    return grpc::Status::OK;
+  }
+};
+
+v1::RouterMessage accepted() {
+  v1::RouterMessage m;
+  m.mutable_accepted()->set_group_id(1);
+  return m;
+}
+
+v1::RouterMessage plan_msg(uint64_t step, const std::vector<int32_t>& prompt, bool new_seq, uint32_t start,
+                           uint32_t n, std::vector<uint32_t> pages, uint64_t seq = 1) {
+  v1::RouterMessage m;
+  v1::StepPlan* p = m.mutable_plan();
+  p->set_step_id(step);
+  if (new_seq) {
+    v1::NewSequence* s = p->add_new_sequences();
+    s->set_seq_id(seq);
+    s->mutable_sampling()->set_temperature(0);
+    s->mutable_token_ids()->Assign(prompt.begin(), prompt.end());
+    s->set_num_prompt_tokens(static_cast<uint32_t>(prompt.size()));
+  }
+  v1::ScheduledSequence* sc = p->add_scheduled();
+  sc->set_seq_id(seq);
+  sc->set_start_position(start);
+  sc->set_num_tokens(n);
+  for (uint32_t page : pages) sc->add_new_pages(page);
+  sc->set_sample(true);
+  return m;
+}
+
+std::unique_ptr<engine::Engine> tiny_engine() {
+  engine::EngineOptions o;
+  o.page_size = 4;
+  o.kv_cache_tokens = 256;
+  auto e = engine::Engine::load(
+      {testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/llama3", engine::LoadFormat::kSafetensors, 0}, o);
+  REQUIRE(e.is_ok());
+  return std::move(*e);
+}
+
+}  // namespace
+
+TEST_CASE("the worker serves plans, reports faults, re-dials after a break and exits on final detach",
+          "[worker][service]") {
+  const std::vector<int32_t> prompt{1, 17, 42, 99, 7};
+  // What the engine answers alone.
+  auto reference = tiny_engine();
+  engine::StepInput in;
+  engine::SamplingOptions greedy;
+  greedy.temperature = 0;
+  in.new_sequences.push_back({1, prompt, 5, greedy, {}, 0});
+  in.scheduled.push_back({1, 0, 5, {0, 1}, true});
+  auto ref_out = reference->step(in);
+  REQUIRE(ref_out.is_ok());
+  const int32_t want = ref_out->sampled[0].sample.token_id;
+
+  FakeHub hub;
+  std::promise<v1::WorkerMessage> first_hello, first_result, bad_plan_reply, reattached_reply;
+  hub.scripts.push_back([&](Stream* s) {
+    v1::WorkerMessage m;
+    REQUIRE(s->Read(&m));
+    first_hello.set_value(m);
+    s->Write(accepted());
+    s->Write(plan_msg(1, prompt, true, 0, 5, {0, 1}));
+    REQUIRE(s->Read(&m));
+    first_result.set_value(m);
+    s->Write(plan_msg(2, prompt, false, 0, 1, {}, /*seq=*/99));  // a sequence the worker never saw
+    REQUIRE(s->Read(&m));
+    bad_plan_reply.set_value(m);
+    // Return without a Detach: the stream breaks; the worker must dial again.
+  });
+  hub.scripts.push_back([&](Stream* s) {
+    v1::WorkerMessage m;
+    REQUIRE(s->Read(&m));
+    s->Write(accepted());
+    s->Write(plan_msg(3, prompt, false, 5, 1, {}));  // seq 1 was forgotten with the stream
+    REQUIRE(s->Read(&m));
+    reattached_reply.set_value(m);
+    v1::RouterMessage bye;
+    bye.mutable_detach()->set_reason("test over");
+    bye.mutable_detach()->set_final(true);
+    s->Write(bye);
+    while (s->Read(&m)) {
+    }
+  });
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&hub);
+  auto server = builder.BuildAndStart();
+  REQUIRE(server);
+  REQUIRE(port > 0);
+
+  auto engine = tiny_engine();
+  worker::WorkerSession session(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "test-worker", "tiny",
+                                          std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
+  auto done = std::async(std::launch::async, [&] { return session.run(); });
+  REQUIRE(done.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  const Status result = done.get();
+  INFO(result.message());
+  REQUIRE(result.is_ok());
+
+  const auto hello = first_hello.get_future().get();
+  REQUIRE(hello.has_describe());
+  REQUIRE(hello.describe().protocol_version() == worker::kProtocolVersion);
+  REQUIRE(hello.describe().group() == "g0");
+  REQUIRE(hello.describe().worker_id() == "test-worker");
+  REQUIRE(hello.describe().num_kv_pages() == 64);
+  REQUIRE(hello.describe().page_size_tokens() == 4);
+
+  const auto r1 = first_result.get_future().get();
+  REQUIRE(r1.has_result());
+  REQUIRE(r1.result().step_id() == 1);
+  REQUIRE(r1.result().sampled_size() == 1);
+  REQUIRE(r1.result().sampled(0).token_id() == want);
+
+  const auto bad = bad_plan_reply.get_future().get();
+  REQUIRE(bad.has_fault());
+  REQUIRE(bad.fault().step_id() == 2);
+  REQUIRE(bad.fault().code() == "INVALID_ARGUMENT");
+  REQUIRE(!bad.fault().fatal());
+
+  const auto again = reattached_reply.get_future().get();
+  REQUIRE(again.has_fault());  // the old sequence is gone on the new stream
+  REQUIRE(session.stats().num_attachments == 2);
+  server->Shutdown();
+}
+
+TEST_CASE("stop() ends a worker that cannot reach its router", "[worker][service]") {
+  auto engine = tiny_engine();
+  worker::WorkerSession session(*engine, {"127.0.0.1:1", "g0", "", "tiny", std::chrono::milliseconds(20),
+                                          std::chrono::milliseconds(100)});
+  auto done = std::async(std::launch::async, [&] { return session.run(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  session.stop();
+  REQUIRE(done.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  REQUIRE(done.get().code() == StatusCode::kCancelled);
+}

@@ -1,0 +1,66 @@
+// The worker side of WorkerHub.Attach: dial the router, describe this worker, then execute
+// the plans that come down the stream in order and send each result (or a WorkerFault)
+// back. When the stream breaks the worker forgets every sequence — the router fails or
+// recomputes them — and dials again with exponential backoff, so a router restart or a
+// network blip needs no worker restart.
+//
+// Thread: run() blocks on the calling thread, which also runs the engine's steps; stop()
+// may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "tessera/common/status.h"
+#include "worker/engine/engine.h"
+
+namespace grpc {
+class ClientContext;
+}
+
+namespace tessera::worker {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+
+struct WorkerSessionOptions {
+  std::string router_address;  // host:port of the router's WorkerHub
+  std::string group = "default";
+  std::string worker_id;       // empty: host/pid
+  std::string model_name;      // served model name (ModelInfo.name)
+  std::chrono::milliseconds backoff_initial{100};
+  std::chrono::milliseconds backoff_max{5000};
+  [[nodiscard]] Status validate() const;
+};
+
+struct WorkerSessionStats {
+  int64_t num_attachments = 0;  // streams opened and accepted
+  int64_t num_steps = 0;
+  int64_t num_faults = 0;
+};
+
+class WorkerSession {
+ public:
+  WorkerSession(engine::Engine& engine, WorkerSessionOptions options);
+  ~WorkerSession();
+
+  // Serves until the router sends a final Detach (OK) or stop() is called (CANCELLED).
+  [[nodiscard]] Status run();
+  void stop();
+  WorkerSessionStats stats() const;
+
+ private:
+  // One attachment: OK when the router detached for good, an error when the stream broke.
+  Status serve_once(bool* final_detach);
+
+  engine::Engine& engine_;
+  WorkerSessionOptions options_;
+  std::atomic<bool> stopping_{false};
+  mutable std::mutex mutex_;  // guards context_ and stats_
+  grpc::ClientContext* context_ = nullptr;  // of the live stream, for stop()
+  WorkerSessionStats stats_;
+};
+
+}  // namespace tessera::worker
