@@ -3,23 +3,18 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "tessera/common/config.h"
+
 namespace tessera::launcher {
 namespace fs = std::filesystem;
-
-namespace {
-constexpr const char* kDefaultModelFile = "SmolLM2-135M-Instruct.Q4_1.gguf";
-}  // namespace
 
 Result<ModelLocation> locate_model(const std::string& arg) {
   std::string path = arg;
   if (arg == "default") {
-    const char* cache = std::getenv("TESSERA_MODEL_CACHE");
-    const char* home = std::getenv("HOME");
-    std::string dir = cache ? cache : std::string(home ? home : "") + "/.cache/tessera/models";
-    path = dir + "/" + kDefaultModelFile;
-    if (!fs::exists(path)) {
-      return not_found("the default model is not in " + dir + "; run scripts/fetch-model to download it");
-    }
+    ModelSettings settings;  // the default cache directory, or $TESSERA_MODEL_CACHE
+    auto resolved = resolve_model_path(settings);
+    if (!resolved) return resolved.status();
+    path = *resolved;
   }
   std::error_code ec;
   if (fs::is_directory(path, ec)) {

@@ -1,13 +1,20 @@
-// tessera-worker: holds one shard of the model on one device and executes the router's
-// step plans.
-//
-// The service itself lands with its issue (see docs/DEVELOPING.md); until then the binary
-// answers --help, --version and --list-devices, and refuses to start rather than pretend
-// to serve.
+// tessera-worker: holds the model on one device (the CPU engine today), attaches to its
+// router over WorkerHub.Attach and executes the router's step plans; serves /metrics,
+// /health and /ready on worker.metrics_port. SIGTERM/SIGINT end it cleanly.
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include "kernels/cpu/cpu_features.h"
 #include "tessera/common/cli.h"
+#include "tessera/common/config.h"
+#include "tessera/common/http_status_server.h"
+#include "tessera/common/metrics.h"
+#include "worker/service/worker_session.h"
 #if TESSERA_WITH_CUDA
 #include "kernels/cuda/device_info.h"
 #endif
@@ -16,11 +23,15 @@ namespace {
 
 constexpr const char* kProgram = "tessera-worker";
 constexpr const char* kHelp =
-    "Usage: tessera-worker [--help] [--version] [--list-devices]\n"
+    "Usage: tessera-worker [--config FILE] [--set KEY=VALUE]... | --list-devices\n"
     "\n"
-    "Holds one shard of the model on one device and executes the router's step plans.\n"
+    "Holds the model on one device, attaches to the router (worker.router_address) and\n"
+    "executes its step plans; serves /metrics, /health and /ready on worker.metrics_port.\n"
+    "Re-dials the router with backoff when the connection breaks; exits on SIGTERM/SIGINT.\n"
     "\n"
     "Options:\n"
+    "  -c, --config FILE   YAML configuration (docs/CONFIGURATION.md); default: built-in defaults\n"
+    "      --set KEY=VALUE override one key, e.g. --set worker.router_address=10.0.0.5:50051\n"
     "  -h, --help          show this help and exit\n"
     "      --version       print the version and exit\n"
     "      --list-devices  print the CPU features and CUDA devices this worker can use\n";
@@ -48,13 +59,120 @@ int list_devices() {
   return 0;
 }
 
+int fail(const tessera::Status& s) {
+  std::fprintf(stderr, "%s: %s\n", kProgram, s.message().c_str());
+  return 1;
+}
+
+tessera::http::Response text(int status, const char* body) {
+  return {status, "text/plain; charset=utf-8", body};
+}
+
+int serve(const tessera::Config& config) {
+  using namespace tessera;
+  if (config.worker.device == Device::kCuda) {
+    return fail(unimplemented("worker.device=cuda: the CUDA backend is not built yet; use cpu or auto"));
+  }
+  if (config.worker.tensor_parallel_size != 1 || config.worker.pipeline_parallel_size != 1) {
+    return fail(unimplemented("tensor/pipeline parallelism is not built yet: use one rank per group"));
+  }
+  auto path = resolve_model_path(config.model);
+  if (!path) return fail(path.status());
+  engine::EngineOptions eo;
+  eo.num_threads = static_cast<int>(config.worker.num_threads);
+  eo.page_size = config.worker.page_size_tokens;
+  eo.max_batch_tokens = config.router.max_num_batched_tokens;
+  eo.max_sequences = std::min<int64_t>(config.router.max_num_seqs, eo.max_batch_tokens);
+  engine::LoadFormat format = engine::LoadFormat::kAuto;
+  switch (config.model.load_format) {
+    case LoadFormat::kGguf: format = engine::LoadFormat::kGguf; break;
+    case LoadFormat::kSafetensors: format = engine::LoadFormat::kSafetensors; break;
+    case LoadFormat::kDummy: format = engine::LoadFormat::kDummy; break;
+    case LoadFormat::kAuto: break;
+  }
+  // SIGTERM/SIGINT are blocked in every thread; one thread waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::atomic<bool> loaded{false};
+  std::atomic<bool> stopping{false};
+  std::atomic<const worker::WorkerSession*> session_ptr{nullptr};
+  metrics::Registry registry({{"tier", "worker"}, {"group", config.worker.group}});
+  auto& up = registry.gauge("tessera_worker_up", "1 once the model is loaded.");
+  auto status = http::StatusServer::start(
+      {"0.0.0.0", static_cast<uint16_t>(config.worker.metrics_port), std::chrono::milliseconds(5000), 64},
+      {{"/metrics",
+        [&] { return http::Response{200, std::string(metrics::kExpositionContentType), registry.expose()}; }},
+       {"/health", [&] { return stopping ? text(503, "stopping\n") : text(200, "ok\n"); }},
+       // Ready: loaded and attached to a router (it can take work); 503 while loading,
+       // while the router is unreachable, and while stopping.
+       {"/ready", [&] {
+          const worker::WorkerSession* s = session_ptr.load();
+          if (!loaded || stopping) return text(503, stopping ? "stopping\n" : "loading\n");
+          return s && s->attached() ? text(200, "ready\n") : text(503, "not attached to a router\n");
+        }}});
+  if (!status) return fail(status.status());
+  std::fprintf(stderr, "%s: /metrics, /health, /ready on port %u; loading %s\n", kProgram, (*status)->port(),
+               path->c_str());
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto engine = engine::Engine::load({*path, format, config.model.dummy_seed}, eo);
+  if (!engine) return fail(engine.status());
+  loaded = true;
+  up.get().set(1);
+  std::fprintf(stderr, "%s: loaded in %.2f s on %s (%lld KV pages of %lld tokens); attaching to %s as group %s\n",
+               kProgram, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+               (*engine)->backend_name().c_str(), static_cast<long long>((*engine)->num_pages()),
+               static_cast<long long>((*engine)->page_size()), config.worker.router_address.c_str(),
+               config.worker.group.c_str());
+
+  worker::WorkerSession session(**engine, {config.worker.router_address, config.worker.group, "",
+                                           config.model.served_name.empty() ? *path : config.model.served_name,
+                                           std::chrono::milliseconds(100), std::chrono::milliseconds(5000)});
+  session_ptr = &session;
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    stopping = true;
+    session.stop();
+  });
+  const Status result = session.run();
+  if (!stopping) {  // the router detached us for good: wake the waiting thread
+    stopping = true;
+    pthread_kill(waiter.native_handle(), SIGTERM);
+  }
+  waiter.join();
+  (*status)->stop();
+  session_ptr = nullptr;
+  if (!result.is_ok() && result.code() != StatusCode::kCancelled) return fail(result);
+  std::fprintf(stderr, "%s: stopped\n", kProgram);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const auto args = tessera::cli::args_of(argc, argv);
   if (auto code = tessera::cli::handle_help_and_version(args, kProgram, kHelp)) return *code;
   if (args.size() == 1 && args[0] == "--list-devices") return list_devices();
-  if (!args.empty()) return tessera::cli::usage_error(kProgram, "unknown argument '" + args.front() + "'");
-  std::fprintf(stderr, "%s: the service is not built yet in this version\n", kProgram);
-  return 1;
+  tessera::ConfigSources sources;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if ((a == "--config" || a == "-c" || a == "--set") && i + 1 >= args.size()) {
+      return tessera::cli::usage_error(kProgram, a + " needs a value");
+    }
+    if (a == "--config" || a == "-c") {
+      sources.file = args[++i];
+    } else if (a == "--set") {
+      sources.overrides.push_back(args[++i]);
+    } else {
+      return tessera::cli::usage_error(kProgram, "unknown argument '" + a + "'");
+    }
+  }
+  auto config = tessera::load_config(sources);
+  if (!config) return fail(config.status());
+  return serve(*config);
 }

@@ -3,6 +3,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <set>
 
 #include "config_schema.h"
@@ -303,6 +305,26 @@ std::string config_reference_markdown() {
     md += "| `" + f.key + "` | " + f.type + " | `" + std::string(e.c_str()) + "` | " + f.help + " |\n";
   }
   return md;
+}
+
+Result<std::string> resolve_model_path(const ModelSettings& model) {
+  if (model.path != "default") return model.path;
+  std::string dir;
+  if (const char* env = std::getenv("TESSERA_MODEL_CACHE"); env != nullptr && *env != '\0') {
+    dir = env;
+  } else {
+    dir = model.cache_dir;
+    if (dir.starts_with("~")) {
+      const char* home = std::getenv("HOME");
+      dir = std::string(home ? home : "") + dir.substr(1);
+    }
+  }
+  std::string path = dir + "/" + kDefaultModelFile;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return not_found("the default model is not in " + dir + "; run scripts/fetch-model to download it");
+  }
+  return path;
 }
 
 }  // namespace tessera

@@ -73,6 +73,7 @@ Status WorkerSession::serve_once(bool* final_detach) {
   struct ClearContext {
     WorkerSession* self;
     ~ClearContext() {
+      self->attached_ = false;
       std::lock_guard lock(self->mutex_);
       self->context_ = nullptr;
     }
@@ -110,6 +111,7 @@ Status WorkerSession::serve_once(bool* final_detach) {
     switch (msg.kind_case()) {
       case v1::RouterMessage::kAccepted: {
         accepted = true;
+        attached_ = true;
         std::lock_guard lock(mutex_);
         ++stats_.num_attachments;
         break;

@@ -50,6 +50,8 @@ class WorkerSession {
   [[nodiscard]] Status run();
   void stop();
   WorkerSessionStats stats() const;
+  // True while a router has accepted this worker on a live stream.
+  bool attached() const { return attached_; }
 
  private:
   // One attachment: OK when the router detached for good, an error when the stream broke.
@@ -58,6 +60,7 @@ class WorkerSession {
   engine::Engine& engine_;
   WorkerSessionOptions options_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> attached_{false};
   mutable std::mutex mutex_;  // guards context_ and stats_
   grpc::ClientContext* context_ = nullptr;  // of the live stream, for stop()
   WorkerSessionStats stats_;

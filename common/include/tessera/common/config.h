@@ -125,6 +125,12 @@ struct ConfigSources {
   std::vector<std::string> overrides;
 };
 
+// The file `model.path` names: "default" is the test model in the model cache
+// ($TESSERA_MODEL_CACHE, else `cache_dir` with a leading ~ expanded); other paths are
+// returned as given. NOT_FOUND when "default" is not in the cache (with how to fetch it).
+Result<std::string> resolve_model_path(const ModelSettings& model);
+inline constexpr const char* kDefaultModelFile = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
 // Loads, applies overrides and validates. Unknown keys and wrong types are errors.
 Result<Config> load_config(const ConfigSources& sources);
 // Parses YAML text (the `name` shows up in errors in place of a file name).

@@ -1,0 +1,60 @@
+"""tessera-worker as a process: it loads the model, serves /health, /metrics and /ready
+(503 until a router accepts it), keeps re-dialing an absent router, and stops cleanly on
+SIGTERM; a bad configuration is refused before anything starts."""
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from conftest import run
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_worker_without_router_is_alive_not_ready_and_stops_on_sigterm(binary, test_model):
+    port = free_port()
+    p = subprocess.Popen([str(binary("tessera-worker")), "--set", f"model.path={test_model}",
+                          "--set", "worker.router_address=127.0.0.1:1", "--set", f"worker.metrics_port={port}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                status, body = get(port, "/metrics")
+                if "tessera_worker_up" in body and 'tessera_worker_up{tier="worker",group="g0"} 1' in body:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the worker never reported the model loaded")
+        assert get(port, "/health")[0] == 200
+        status, body = get(port, "/ready")
+        assert status == 503 and "not attached" in body
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+        assert p.returncode == 0, err
+        assert "attaching to 127.0.0.1:1" in err and "stopped" in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_worker_refuses_a_bad_configuration(binary):
+    r = run([binary("tessera-worker"), "--set", "worker.page_size_tokens=banana"])
+    assert r.returncode == 1
+    assert "worker.page_size_tokens" in r.stderr
