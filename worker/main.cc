@@ -83,6 +83,7 @@ int serve(const tessera::Config& config) {
   eo.page_size = config.worker.page_size_tokens;
   eo.max_batch_tokens = config.router.max_num_batched_tokens;
   eo.max_sequences = std::min<int64_t>(config.router.max_num_seqs, eo.max_batch_tokens);
+  eo.kv_cache_bytes = static_cast<int64_t>(config.worker.kv_cache_bytes);  // 0: the engine's default capacity
   engine::LoadFormat format = engine::LoadFormat::kAuto;
   switch (config.model.load_format) {
     case LoadFormat::kGguf: format = engine::LoadFormat::kGguf; break;

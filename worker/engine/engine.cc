@@ -14,6 +14,7 @@ Status EngineOptions::validate() const {
   if (num_threads < 0) return invalid_argument("num_threads must be >= 0 (0: all CPUs)");
   if (page_size < 1 || page_size > 1024) return invalid_argument("page_size must be in [1, 1024]");
   if (kv_cache_tokens < page_size) return invalid_argument("kv_cache_tokens must hold at least one page");
+  if (kv_cache_bytes < 0) return invalid_argument("kv_cache_bytes must be >= 0");
   if (max_batch_tokens < 1) return invalid_argument("max_batch_tokens must be at least 1");
   if (max_sequences < 1 || max_sequences > max_batch_tokens) {
     return invalid_argument("max_sequences must be in [1, max_batch_tokens]");
@@ -68,6 +69,14 @@ Result<std::unique_ptr<Engine>> Engine::load(const ModelSource& source, const En
   engine->model_ = std::move(*model);
   const models::ModelConfig& c = engine->model_->config();
   engine->num_pages_ = (options.kv_cache_tokens + options.page_size - 1) / options.page_size;
+  if (options.kv_cache_bytes > 0) {
+    const KvShape one_page{c.num_layers, 1, options.page_size, c.num_kv_heads, c.head_dim, options.kv_dtype};
+    engine->num_pages_ = options.kv_cache_bytes / one_page.bytes();
+    if (engine->num_pages_ < 1) {
+      return invalid_argument("kv_cache_bytes " + std::to_string(options.kv_cache_bytes) + " holds no page of " +
+                              std::to_string(one_page.bytes()) + " bytes");
+    }
+  }
   engine->kv_shape_ = {c.num_layers, engine->num_pages_, options.page_size, c.num_kv_heads, c.head_dim,
                        options.kv_dtype};
   TESSERA_RETURN_IF_ERROR(engine->backend_->allocate_kv(engine->kv_shape_));

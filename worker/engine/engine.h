@@ -28,6 +28,7 @@ struct EngineOptions {
   int num_threads = 0;               // 0: every CPU in this process's affinity mask
   int64_t page_size = 16;            // tokens per KV page; 1 = token-level
   int64_t kv_cache_tokens = 8192;    // KV capacity, rounded up to whole pages
+  int64_t kv_cache_bytes = 0;        // > 0: capacity in bytes instead (overrides kv_cache_tokens)
   KvDtype kv_dtype = KvDtype::kF16;  // kF32 for the reference path
   int64_t max_batch_tokens = 512;    // tokens per step (prefill chunks + decodes)
   int64_t max_sequences = 64;        // sequences sampled per step

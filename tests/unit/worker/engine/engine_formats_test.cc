@@ -141,3 +141,17 @@ TEST_CASE("the dummy load format gives a deterministic model of any config", "[e
   REQUIRE(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
   REQUIRE(std::memcmp(a.data(), c.data(), a.size() * 4) != 0);
 }
+
+TEST_CASE("the KV cache can be sized in bytes", "[engine]") {
+  const std::string dir = testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/llama3";
+  EngineOptions o;
+  o.page_size = 4;
+  // 2 layers x 2 kv heads x 16 dims x 4 tokens x 2 (K, V) x 2 bytes (half) = 1024 bytes a page.
+  o.kv_cache_bytes = 5 * 1024 + 100;
+  auto e = Engine::load({dir, LoadFormat::kSafetensors, 0}, o);
+  REQUIRE(e.is_ok());
+  REQUIRE((*e)->num_pages() == 5);
+  REQUIRE((*e)->kv_cache_bytes() == 5 * 1024);
+  o.kv_cache_bytes = 1000;
+  REQUIRE(Engine::load({dir, LoadFormat::kSafetensors, 0}, o).status().code() == StatusCode::kInvalidArgument);
+}
