@@ -1,0 +1,143 @@
+// The router's WorkerHub and the worker's Attach session, over real gRPC in one process:
+// requests submitted to a group run on the attached worker's engine with the tokens the
+// engine gives alone; a worker that goes away fails its running requests, and the next
+// one to attach serves the rest.
+#include "router/service/worker_hub.h"
+
+#include <catch2/catch.hpp>
+#include <grpcpp/grpcpp.h>
+
+#include <condition_variable>
+#include <future>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "router/worker_codec.h"
+#include "test_data.h"
+#include "worker/engine/offline_runner.h"
+#include "worker/service/worker_session.h"
+
+using namespace tessera;
+
+namespace {
+
+std::unique_ptr<engine::Engine> tiny_engine() {
+  engine::EngineOptions o;
+  o.page_size = 4;
+  o.kv_cache_tokens = 8192;
+  o.max_batch_tokens = 64;
+  o.max_sequences = 16;
+  auto e = engine::Engine::load(
+      {testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/llama3", engine::LoadFormat::kSafetensors, 0}, o);
+  REQUIRE(e.is_ok());
+  return std::move(*e);
+}
+
+struct Collector {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::map<uint64_t, std::vector<int32_t>> tokens;
+  std::map<uint64_t, router::FinishReason> finished;
+  router::EventCallback callback() {
+    return [this](const router::RequestEvent& e) {
+      std::lock_guard lock(mutex);
+      if (e.token) tokens[e.request_id].push_back(*e.token);
+      if (e.finish != router::FinishReason::kNone) finished[e.request_id] = e.finish;
+      cv.notify_all();
+    };
+  }
+  bool wait_finished(size_t n, std::chrono::seconds timeout) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, timeout, [&] { return finished.size() >= n; });
+  }
+};
+
+router::RequestSpec greedy_request(uint64_t id, std::vector<int32_t> prompt, uint32_t max_tokens) {
+  router::RequestSpec r;
+  r.request_id = id;
+  r.prompt = std::move(prompt);
+  r.stop.max_tokens = max_tokens;
+  r.stop.ignore_eos = true;
+  v1::SamplingParams sp;
+  sp.set_temperature(0);
+  r.sampling = router::sampling_payload(sp);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("requests run on the attached worker with the engine's own tokens; a lost worker fails only running ones",
+          "[router][worker]") {
+  // Reference: each prompt alone on its own engine.
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 12; ++i) {
+    std::vector<int32_t> p{1};
+    for (int j = 0; j < 3 + 2 * i; ++j) p.push_back(3 + (i * 37 + j * 11) % 250);
+    prompts.push_back(p);
+  }
+  std::vector<std::vector<int32_t>> want;
+  {
+    auto ref = tiny_engine();
+    for (const auto& p : prompts) {
+      engine::GenerationRequest r;
+      r.prompt = p;
+      r.sampling.temperature = 0;
+      r.max_tokens = 10;
+      r.ignore_eos = true;
+      engine::OfflineRunner runner(*ref, {});
+      auto out = runner.run({&r, 1});
+      REQUIRE(out.is_ok());
+      want.push_back((*out)[0].tokens);
+    }
+  }
+
+  router::WorkerHubService hub({});
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&hub);
+  auto server = builder.BuildAndStart();
+  REQUIRE(server);
+  router::WorkerGroup& group = hub.group("g0");
+
+  Collector got;
+  // Submitted before any worker: they wait for one.
+  for (size_t i = 0; i < prompts.size(); ++i) group.submit(greedy_request(i + 1, prompts[i], 10), got.callback());
+
+  auto engine = tiny_engine();
+  worker::WorkerSession session(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "w1", "tiny",
+                                          std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
+  auto running = std::async(std::launch::async, [&] { return session.run(); });
+  REQUIRE(got.wait_finished(prompts.size(), std::chrono::seconds(60)));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    INFO("request " << i + 1);
+    REQUIRE(got.finished[i + 1] == router::FinishReason::kLength);
+    REQUIRE(got.tokens[i + 1] == want[i]);
+  }
+
+  // The worker goes away mid-generation: long requests (4000 tokens each, both admitted)
+  // end with an error, promptly.
+  Collector lost;
+  for (uint64_t id = 100; id < 102; ++id) group.submit(greedy_request(id, prompts[0], 4000), lost.callback());
+  {
+    std::unique_lock lock(lost.mutex);
+    lost.cv.wait_for(lock, std::chrono::seconds(30), [&] { return !lost.tokens.empty(); });
+  }
+  session.stop();
+  REQUIRE(running.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  REQUIRE(lost.wait_finished(2, std::chrono::seconds(30)));
+  for (const auto& [id, reason] : lost.finished) REQUIRE(reason == router::FinishReason::kError);
+
+  // A new worker attaches and serves what comes next.
+  Collector after;
+  group.submit(greedy_request(200, prompts[3], 10), after.callback());
+  worker::WorkerSession second(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "w2", "tiny",
+                                         std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
+  auto running2 = std::async(std::launch::async, [&] { return second.run(); });
+  REQUIRE(after.wait_finished(1, std::chrono::seconds(60)));
+  REQUIRE(after.tokens[200] == want[3]);
+  second.stop();
+  REQUIRE(running2.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  server->Shutdown();
+}
