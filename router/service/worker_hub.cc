@@ -50,7 +50,7 @@ void WorkerGroup::deliver(const std::vector<RequestEvent>& events) {
   }
 }
 
-void WorkerGroup::serve(Stream* stream, const v1::WorkerDescription& worker) {
+void WorkerGroup::serve(grpc::ServerContext* context, Stream* stream, const v1::WorkerDescription& worker) {
   // The scheduler is sized by the worker that attached (its KV pool and step limits).
   SchedulerOptions so;
   so.num_pages = static_cast<int32_t>(worker.num_kv_pages());
@@ -68,7 +68,7 @@ void WorkerGroup::serve(Stream* stream, const v1::WorkerDescription& worker) {
     scheduler_ = std::make_unique<Scheduler>(so);
   }
   Status lost = unavailable("the worker of group " + name_ + " was lost");
-  while (true) {
+  while (!context->IsCancelled()) {
     std::deque<std::variant<Submit, Abort>> inbox;
     {
       std::unique_lock lock(mutex_);
@@ -133,7 +133,14 @@ WorkerGroup& WorkerHubService::group(const std::string& name) {
   return *g;
 }
 
-grpc::Status WorkerHubService::Attach(grpc::ServerContext*, WorkerGroup::Stream* stream) {
+std::vector<std::pair<std::string, WorkerGroup*>> WorkerHubService::groups() {
+  std::lock_guard lock(mutex_);
+  std::vector<std::pair<std::string, WorkerGroup*>> out;
+  for (auto& [name, g] : groups_) out.emplace_back(name, g.get());
+  return out;
+}
+
+grpc::Status WorkerHubService::Attach(grpc::ServerContext* context, WorkerGroup::Stream* stream) {
   v1::WorkerMessage hello;
   if (!stream->Read(&hello) || !hello.has_describe()) {
     return {grpc::StatusCode::INVALID_ARGUMENT, "the first message must describe the worker"};
@@ -158,7 +165,7 @@ grpc::Status WorkerHubService::Attach(grpc::ServerContext*, WorkerGroup::Stream*
   v1::RouterMessage accepted;
   accepted.mutable_accepted()->set_group_id(1);
   stream->Write(accepted);
-  g.serve(stream, d);  // a failed write shows up as a broken stream there
+  g.serve(context, stream, d);  // a failed write shows up as a broken stream there
   return grpc::Status::OK;
 }
 

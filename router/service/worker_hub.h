@@ -49,7 +49,8 @@ class WorkerGroup {
   bool claim();
   // Runs the step loop over an accepted stream until it breaks. Precondition: claim().
   using Stream = grpc::ServerReaderWriter<v1::RouterMessage, v1::WorkerMessage>;
-  void serve(Stream* stream, const v1::WorkerDescription& worker);
+  // Also ends when the call is cancelled (worker gone while idle, server shutdown).
+  void serve(grpc::ServerContext* context, Stream* stream, const v1::WorkerDescription& worker);
 
  private:
   struct Submit {
@@ -79,6 +80,8 @@ class WorkerHubService final : public v1::WorkerHub::Service {
   grpc::Status Attach(grpc::ServerContext* context, WorkerGroup::Stream* stream) override;
   // The group of that name (created on first use: requests may wait for its worker).
   WorkerGroup& group(const std::string& name);
+  // Every group known so far (groups live as long as the service).
+  std::vector<std::pair<std::string, WorkerGroup*>> groups();
 
  private:
   GroupOptions options_;

@@ -3,6 +3,7 @@
 // engine gives alone; a worker that goes away fails its running requests, and the next
 // one to attach serves the rest.
 #include "router/service/worker_hub.h"
+#include "router/service/router_service.h"
 
 #include <catch2/catch.hpp>
 #include <grpcpp/grpcpp.h>
@@ -139,5 +140,133 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens; a l
   REQUIRE(after.tokens[200] == want[3]);
   second.stop();
   REQUIRE(running2.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  server->Shutdown();
+}
+
+TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel end requests", "[router][worker]") {
+  router::WorkerHubService hub({});
+  router::RouterService router_service(hub);
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&hub);
+  builder.RegisterService(&router_service);
+  auto server = builder.BuildAndStart();
+  REQUIRE(server);
+  auto stub = v1::Router::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                                      grpc::InsecureChannelCredentials()));
+  auto generate = [&](const std::string& id, std::vector<int32_t> prompt, uint32_t max_tokens,
+                      std::vector<int32_t>* tokens, v1::GenerateResponse* last) {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req;
+    req.set_request_id(id);
+    req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
+    req.mutable_sampling()->set_temperature(0);
+    req.mutable_sampling()->set_max_tokens(max_tokens);
+    req.mutable_sampling()->set_ignore_eos(true);
+    auto reader = stub->Generate(&ctx, req);
+    v1::GenerateResponse r;
+    while (reader->Read(&r)) {
+      tokens->insert(tokens->end(), r.token_ids().begin(), r.token_ids().end());
+      *last = r;
+    }
+    return reader->Finish();
+  };
+
+  // No worker yet: a clear UNAVAILABLE, not a hang.
+  {
+    std::vector<int32_t> t;
+    v1::GenerateResponse last;
+    REQUIRE(generate("early", {1, 2, 3}, 4, &t, &last).error_code() == grpc::StatusCode::UNAVAILABLE);
+  }
+  auto engine = tiny_engine();
+  worker::WorkerSession session(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "w1", "tiny",
+                                          std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
+  auto running = std::async(std::launch::async, [&] { return session.run(); });
+  for (int i = 0; i < 200 && !hub.group("g0").attached(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  REQUIRE(hub.group("g0").attached());
+
+  // Eight concurrent streams, each equal to the engine alone.
+  std::vector<int32_t> prompt{1, 5, 9, 200, 7, 31};
+  std::vector<int32_t> want;
+  {
+    auto ref = tiny_engine();
+    engine::GenerationRequest r;
+    r.prompt = prompt;
+    r.sampling.temperature = 0;
+    r.max_tokens = 12;
+    r.ignore_eos = true;
+    engine::OfflineRunner runner(*ref, {});
+    want = (*runner.run({&r, 1}))[0].tokens;
+  }
+  std::vector<std::future<std::vector<int32_t>>> streams;
+  for (int i = 0; i < 8; ++i) {
+    streams.push_back(std::async(std::launch::async, [&, i] {
+      std::vector<int32_t> t;
+      v1::GenerateResponse last;
+      const grpc::Status st = generate("r" + std::to_string(i), prompt, 12, &t, &last);
+      REQUIRE(st.ok());
+      REQUIRE(last.finished().reason() == v1::FINISH_REASON_LENGTH);
+      REQUIRE(last.usage().completion_tokens() == 12);
+      return t;
+    }));
+  }
+  for (auto& f : streams) REQUIRE(f.get() == want);
+
+  // Abort by id ends a long request with FINISH_REASON_ABORTED.
+  auto long_one = std::async(std::launch::async, [&] {
+    std::vector<int32_t> t;
+    v1::GenerateResponse last;
+    const grpc::Status st = generate("long", prompt, 4000, &t, &last);
+    return std::make_pair(st.ok(), last.finished().reason());
+  });
+  bool found = false;
+  for (int i = 0; i < 500 && !found; ++i) {
+    grpc::ClientContext ctx;
+    v1::AbortRequest req;
+    req.set_request_id("long");
+    v1::AbortResponse resp;
+    REQUIRE(stub->Abort(&ctx, req, &resp).ok());
+    found = resp.found();
+    if (!found) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  REQUIRE(found);
+  const auto [ok, reason] = long_one.get();
+  REQUIRE(ok);
+  REQUIRE(reason == v1::FINISH_REASON_ABORTED);
+
+  // A client that cancels mid-stream stops costing compute: its request leaves the group.
+  {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req;
+    req.set_request_id("cancelled");
+    req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
+    req.mutable_sampling()->set_temperature(0);
+    req.mutable_sampling()->set_max_tokens(4000);
+    req.mutable_sampling()->set_ignore_eos(true);
+    auto reader = stub->Generate(&ctx, req);
+    v1::GenerateResponse r;
+    REQUIRE(reader->Read(&r));
+    ctx.TryCancel();
+    while (reader->Read(&r)) {
+    }
+    REQUIRE(reader->Finish().error_code() == grpc::StatusCode::CANCELLED);
+    bool gone = false;
+    for (int i = 0; i < 300 && !gone; ++i) {
+      gone = hub.group("g0").stats().num_running == 0;
+      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    REQUIRE(gone);
+  }
+
+  grpc::ClientContext sctx;
+  v1::RouterStats stats;
+  REQUIRE(stub->GetStats(&sctx, v1::GetStatsRequest(), &stats).ok());
+  REQUIRE(stats.ready());
+  REQUIRE(stats.groups_size() == 1);
+  REQUIRE(stats.groups(0).num_attached_ranks() == 1);
+
+  session.stop();
+  REQUIRE(running.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
   server->Shutdown();
 }
