@@ -33,7 +33,7 @@ def test_unknown_argument_is_a_usage_error(binary, name):
     assert f"Try '{name} --help'" in r.stderr
 
 
-@pytest.mark.parametrize("name", ["tessera-gateway", "tessera-router"])
+@pytest.mark.parametrize("name", ["tessera-gateway"])
 def test_tier_without_its_service_refuses_to_start(binary, name):
     # Until a tier's service lands it must not pretend to serve.
     r = run([binary(name)])

@@ -58,3 +58,49 @@ def test_worker_refuses_a_bad_configuration(binary):
     r = run([binary("tessera-worker"), "--set", "worker.page_size_tokens=banana"])
     assert r.returncode == 1
     assert "worker.page_size_tokens" in r.stderr
+
+
+def wait_status(port, path, want, timeout=30):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = get(port, path)[0]
+            if last == want:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{path} on port {port} stayed {last}, wanted {want}")
+
+
+def test_worker_attaches_to_router_and_a_restarted_worker_rejoins(binary, test_model):
+    grpc_port, router_http, worker_http = free_port(), free_port(), free_port()
+    router = subprocess.Popen([str(binary("tessera-router")), "--set", f"router.listen=127.0.0.1:{grpc_port}",
+                               "--set", f"router.metrics_port={router_http}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker_cmd = [str(binary("tessera-worker")), "--set", f"model.path={test_model}",
+                  "--set", f"worker.router_address=127.0.0.1:{grpc_port}", "--set", f"worker.metrics_port={worker_http}"]
+    workers = []
+    try:
+        wait_status(router_http, "/health", 200)
+        assert get(router_http, "/ready")[0] == 503  # no worker yet
+        workers.append(subprocess.Popen(worker_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        wait_status(router_http, "/ready", 200)
+        wait_status(worker_http, "/ready", 200)
+        metrics = get(router_http, "/metrics")[1]
+        assert 'tessera_kv_cache_usage_ratio{tier="router",group="g0"}' in metrics
+        # The worker dies: the router is not ready until a worker is back, without a restart.
+        workers[0].kill()
+        workers[0].wait(timeout=10)
+        wait_status(router_http, "/ready", 503)
+        workers.append(subprocess.Popen(worker_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        wait_status(router_http, "/ready", 200)
+        workers[1].send_signal(signal.SIGTERM)
+        assert workers[1].wait(timeout=20) == 0
+        router.send_signal(signal.SIGTERM)
+        assert router.wait(timeout=20) == 0
+    finally:
+        for p in workers + [router]:
+            if p.poll() is None:
+                p.kill()
