@@ -48,7 +48,10 @@ int serve(const tessera::Config& config) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  metrics::Registry registry({{"tier", "router"}});
+  router::RouterMetrics router_metrics(registry);
   router::GroupOptions go;
+  go.metrics = &router_metrics;
   go.max_num_seqs = static_cast<int32_t>(config.router.max_num_seqs);
   go.max_batch_tokens = static_cast<int32_t>(config.router.max_num_batched_tokens);
   go.max_waiting_requests = config.router.max_waiting_requests;
@@ -65,8 +68,6 @@ int serve(const tessera::Config& config) {
   auto server = builder.BuildAndStart();
   if (!server || port == 0) return fail(unavailable("cannot listen on " + config.router.listen));
 
-  metrics::Registry registry({{"tier", "router"}});
-  router::RouterMetrics router_metrics(registry);
   auto any_attached = [&] {
     for (auto& [name, g] : hub.groups()) {
       if (g->attached()) return true;

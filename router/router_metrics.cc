@@ -71,7 +71,7 @@ void RouterMetrics::observe_step(double seconds, int64_t batch_tokens) {
 
 void RouterMetrics::observe_finished(FinishReason reason, const RequestTimes& t) {
   success_.with({finished_reason_label(reason)}).inc();
-  queue_.get().observe(t.queue);
+  if (t.queue > 0) queue_.get().observe(t.queue);
   e2e_.get().observe(t.e2e);
   if (t.first_token > 0) ttft_.get().observe(t.first_token);
   if (t.inter_token > 0) inter_token_.get().observe(t.inter_token);

@@ -18,7 +18,7 @@ namespace tessera::router {
 
 // Times of one finished request, in seconds.
 struct RequestTimes {
-  double queue = 0;           // arrival → admitted
+  double queue = 0;           // arrival → admitted (0: not measured)
   double first_token = 0;     // arrival → first token (0: none was produced)
   double e2e = 0;             // arrival → finish
   double inter_token = 0;     // mean gap between output tokens (0: fewer than 2)

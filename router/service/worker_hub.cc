@@ -11,7 +11,7 @@ constexpr uint32_t kProtocolVersion = 1;
 void WorkerGroup::submit(RequestSpec spec, EventCallback on_event) {
   {
     std::lock_guard lock(mutex_);
-    inbox_.push_back(Submit{std::move(spec), std::move(on_event)});
+    inbox_.push_back(Submit{std::move(spec), std::move(on_event), Clock::now()});
   }
   wake_.notify_all();
 }
@@ -42,7 +42,31 @@ SchedulerStats WorkerGroup::stats() const {
 }
 
 void WorkerGroup::deliver(const std::vector<RequestEvent>& events) {
+  const Clock::time_point now = Clock::now();
   for (const RequestEvent& e : events) {
+    if (auto t = timings_.find(e.request_id); t != timings_.end()) {
+      if (e.token) {
+        if (!t->second.first_token) t->second.first_token = now;
+        t->second.last_token = now;
+        ++t->second.num_tokens;
+      }
+      if (e.finish != FinishReason::kNone) {
+        if (options_.metrics) {
+          const Timing& tm = t->second;
+          RequestTimes times;
+          times.e2e = std::chrono::duration<double>(now - tm.arrival).count();
+          if (tm.first_token) {
+            times.first_token = std::chrono::duration<double>(*tm.first_token - tm.arrival).count();
+            if (tm.num_tokens > 1) {
+              times.inter_token =
+                  std::chrono::duration<double>(tm.last_token - *tm.first_token).count() / (tm.num_tokens - 1);
+            }
+          }
+          options_.metrics->observe_finished(e.finish, times);
+        }
+        timings_.erase(t);
+      }
+    }
     auto it = callbacks_.find(e.request_id);
     if (it == callbacks_.end()) continue;
     it->second(e);
@@ -83,6 +107,7 @@ void WorkerGroup::serve(grpc::ServerContext* context, Stream* stream, const v1::
         const Status st = scheduler_->submit(std::move(s->spec));
         if (st.is_ok()) {
           callbacks_[id] = std::move(s->on_event);
+          timings_[id] = Timing{s->arrival, std::nullopt, s->arrival, 0};
         } else {
           RequestEvent e;
           e.request_id = id;
@@ -101,6 +126,9 @@ void WorkerGroup::serve(grpc::ServerContext* context, Stream* stream, const v1::
       last_stats_ = scheduler_->stats();
     }
     if (plan.empty()) continue;
+    const Clock::time_point step_start = Clock::now();
+    int64_t step_tokens = 0;
+    for (const PlanSlice& sl : plan.scheduled) step_tokens += sl.num_tokens;
     v1::RouterMessage out;
     *out.mutable_plan() = plan_to_proto(plan);
     if (!stream->Write(out)) break;
@@ -108,6 +136,9 @@ void WorkerGroup::serve(grpc::ServerContext* context, Stream* stream, const v1::
     bool answered = false;
     while (!answered && stream->Read(&in)) {
       if (in.has_result()) {
+        if (options_.metrics) {
+          options_.metrics->observe_step(std::chrono::duration<double>(Clock::now() - step_start).count(), step_tokens);
+        }
         deliver(scheduler_->on_step_result(outcome_from_proto(in.result())));
         answered = true;
       } else if (in.has_fault()) {

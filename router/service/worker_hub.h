@@ -12,12 +12,15 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <chrono>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <variant>
 
+#include "router/router_metrics.h"
 #include "router/scheduler.h"
 #include "tessera/v1/worker.grpc.pb.h"
 
@@ -32,6 +35,7 @@ struct GroupOptions {
   int64_t max_waiting_requests = 1024;
   int64_t max_waiting_tokens = int64_t{1} << 20;
   bool enable_prefix_cache = true;
+  RouterMetrics* metrics = nullptr;  // step and request timings go here when set
 };
 
 class WorkerGroup {
@@ -53,9 +57,18 @@ class WorkerGroup {
   void serve(grpc::ServerContext* context, Stream* stream, const v1::WorkerDescription& worker);
 
  private:
+  using Clock = std::chrono::steady_clock;
   struct Submit {
     RequestSpec spec;
     EventCallback on_event;
+    Clock::time_point arrival;
+  };
+  // When a request's milestones happened, for the latency histograms (step loop only).
+  struct Timing {
+    Clock::time_point arrival;
+    std::optional<Clock::time_point> first_token;
+    Clock::time_point last_token;
+    uint32_t num_tokens = 0;
   };
   struct Abort {
     uint64_t request_id;
@@ -72,6 +85,7 @@ class WorkerGroup {
   // Owned by the step loop (and kept across attachments: waiting requests survive).
   std::unique_ptr<Scheduler> scheduler_;
   std::map<uint64_t, EventCallback> callbacks_;
+  std::map<uint64_t, Timing> timings_;
 };
 
 class WorkerHubService final : public v1::WorkerHub::Service {

@@ -93,7 +93,9 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens; a l
     }
   }
 
-  router::WorkerHubService hub({});
+  metrics::Registry registry;
+  router::RouterMetrics router_metrics(registry);
+  router::WorkerHubService hub(router::GroupOptions{.metrics = &router_metrics});
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -116,6 +118,11 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens; a l
     REQUIRE(got.finished[i + 1] == router::FinishReason::kLength);
     REQUIRE(got.tokens[i + 1] == want[i]);
   }
+  // Every finished request and every step reached the histograms.
+  const std::string text = registry.expose();
+  CHECK(text.find("tessera_e2e_request_latency_seconds_count 12\n") != std::string::npos);
+  CHECK(text.find("tessera_time_to_first_token_seconds_count 12\n") != std::string::npos);
+  CHECK(text.find("tessera_step_duration_seconds_count 0\n") == std::string::npos);
 
   // The worker goes away mid-generation: long requests (4000 tokens each, both admitted)
   // end with an error, promptly.
