@@ -14,10 +14,14 @@
 #include <nlohmann/json.hpp>
 
 #include "launcher/generate_options.h"
+#include "tessera/common/cli.h"
 #include "tessera/common/version.h"
 
 namespace tessera::launcher {
 namespace {
+
+// Prefix of this command's error messages.
+constexpr const char* kWho = "tessera generate --benchmark";
 
 using Clock = std::chrono::steady_clock;
 
@@ -38,11 +42,6 @@ std::vector<int32_t> take_pages(int32_t* next, int64_t tokens, int64_t page_size
   std::vector<int32_t> pages;
   for (int64_t i = 0; i < (tokens + page_size - 1) / page_size; ++i) pages.push_back((*next)++);
   return pages;
-}
-
-int fail(const Status& s) {
-  std::fprintf(stderr, "tessera generate --benchmark: %s\n", s.message().c_str());
-  return 1;
 }
 
 // The physical limit of single-stream decode: how fast this process's threads can stream
@@ -70,7 +69,7 @@ int run_generate_benchmark(const GenerateOptions& o, const engine::ModelSource& 
   const int64_t max_c = *std::max_element(o.bench_concurrency.begin(), o.bench_concurrency.end());
   if (o.bench_prompt_tokens < 1 || o.bench_decode_tokens < 1 || o.bench_decode_prompt_tokens < 1 || max_c < 1 ||
       o.bench_repeats < 1) {
-    return fail(invalid_argument("token counts, concurrency and repeats must be positive"));
+    return cli::fail(kWho, invalid_argument("token counts, concurrency and repeats must be positive"));
   }
   engine::EngineOptions eo = o.engine;
   eo.max_batch_tokens = std::max({o.bench_prompt_tokens, max_c, o.bench_decode_prompt_tokens});
@@ -79,7 +78,7 @@ int run_generate_benchmark(const GenerateOptions& o, const engine::ModelSource& 
   const int64_t per_seq = o.bench_decode_prompt_tokens + o.bench_decode_tokens;
   eo.kv_cache_tokens = std::max(o.bench_prompt_tokens + ps, max_c * ((per_seq + ps - 1) / ps + 1) * ps);
   auto loaded = engine::Engine::load(source, eo);
-  if (!loaded) return fail(loaded.status());
+  if (!loaded) return cli::fail(kWho, loaded.status());
   engine::Engine& engine = **loaded;
   const int64_t vocab = engine.config().vocab_size;
   engine::SamplingOptions greedy;
@@ -99,11 +98,11 @@ int run_generate_benchmark(const GenerateOptions& o, const engine::ModelSource& 
     const auto t0 = Clock::now();
     auto out = engine.step(in);
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (!out) return fail(out.status());
+    if (!out) return cli::fail(kWho, out.status());
     if (run > 0) prefill_s.push_back(s);
     engine::StepInput release;
     release.released_seq_ids.push_back(id);
-    if (auto r = engine.step(release); !r) return fail(r.status());
+    if (auto r = engine.step(release); !r) return cli::fail(kWho, r.status());
   }
   std::sort(prefill_s.begin(), prefill_s.end());
   const double prefill_median = prefill_s[prefill_s.size() / 2];
@@ -120,7 +119,7 @@ int run_generate_benchmark(const GenerateOptions& o, const engine::ModelSource& 
       setup.new_sequences.push_back({id, workload_prompt(s, o.bench_decode_prompt_tokens, vocab),
                                      static_cast<uint32_t>(o.bench_decode_prompt_tokens), greedy, {}, 0});
     }
-    if (auto r = engine.step(setup); !r) return fail(r.status());
+    if (auto r = engine.step(setup); !r) return cli::fail(kWho, r.status());
     // Prefill the prompts, as many per step as the budget holds (not timed).
     for (int64_t s = 0; s < c;) {
       engine::StepInput in;
@@ -130,7 +129,7 @@ int run_generate_benchmark(const GenerateOptions& o, const engine::ModelSource& 
                                 take_pages(&next_page, per_seq, ps), true});
         used += o.bench_decode_prompt_tokens;
       }
-      if (auto r = engine.step(in); !r) return fail(r.status());
+      if (auto r = engine.step(in); !r) return cli::fail(kWho, r.status());
     }
     const auto t0 = Clock::now();
     for (int64_t step = 0; step < o.bench_decode_tokens; ++step) {
@@ -140,12 +139,12 @@ int run_generate_benchmark(const GenerateOptions& o, const engine::ModelSource& 
                                 static_cast<uint32_t>(o.bench_decode_prompt_tokens + step), 1, {}, true});
       }
       auto out = engine.step(in);
-      if (!out) return fail(out.status());
+      if (!out) return cli::fail(kWho, out.status());
     }
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     engine::StepInput release;
     release.released_seq_ids = ids;
-    if (auto r = engine.step(release); !r) return fail(r.status());
+    if (auto r = engine.step(release); !r) return cli::fail(kWho, r.status());
     const int64_t tokens = c * o.bench_decode_tokens;
     decode.push_back({{"concurrency", c}, {"num_tokens", tokens}, {"seconds", secs},
                       {"tokens_per_second", static_cast<double>(tokens) / secs}});

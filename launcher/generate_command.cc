@@ -17,6 +17,9 @@
 namespace tessera::launcher {
 namespace {
 
+// Prefix of this command's error messages.
+constexpr const char* kWho = "tessera generate";
+
 template <typename T>
 bool parse_number(const std::string& s, T* out) {
   if constexpr (std::is_floating_point_v<T>) {
@@ -47,11 +50,6 @@ bool parse_list(const std::string& s, std::vector<T>* out) {
     start = comma + 1;
   }
   return !out->empty();
-}
-
-int fail(const Status& s) {
-  std::fprintf(stderr, "tessera generate: %s\n", s.message().c_str());
-  return 1;
 }
 
 }  // namespace
@@ -176,9 +174,9 @@ int run_generate(const Args& args) {
   GenerateOptions o = parse_generate_args(args);
   if (!o.error.empty()) return cli::usage_error(kProgram, "generate: " + o.error);
   auto where = locate_model(o.model);
-  if (!where) return fail(where.status());
+  if (!where) return cli::fail(kWho, where.status());
   if (where->format == ModelFormat::kTokenizerJson) {
-    return fail(invalid_argument(where->path + ": a tokenizer alone; give a GGUF file or a model directory"));
+    return cli::fail(kWho, invalid_argument(where->path + ": a tokenizer alone; give a GGUF file or a model directory"));
   }
   const engine::ModelSource source{where->path, o.load_format, o.dummy_seed};
   if (o.benchmark) return run_generate_benchmark(o, source);
@@ -188,37 +186,37 @@ int run_generate(const Args& args) {
   std::optional<loader::GgufFile> gguf;
   if (where->format == ModelFormat::kGguf) {
     auto file = loader::GgufFile::open(where->path);
-    if (!file) return fail(file.status());
+    if (!file) return cli::fail(kWho, file.status());
     gguf.emplace(std::move(*file));
   }
   std::optional<tokenizer::Tokenizer> tok;
   if (gguf || std::filesystem::exists(std::filesystem::path(where->path) / "tokenizer.json")) {
     auto t = load_tokenizer(*where, gguf ? &*gguf : nullptr);
-    if (!t) return fail(t.status());
+    if (!t) return cli::fail(kWho, t.status());
     tok.emplace(std::move(*t));
   }
   std::vector<int32_t> prompt;
   if (o.prompt_ids) {
     prompt = *o.prompt_ids;
   } else {
-    if (!tok) return fail(failed_precondition(where->path + " has no tokenizer: use --prompt-ids"));
+    if (!tok) return cli::fail(kWho, failed_precondition(where->path + " has no tokenizer: use --prompt-ids"));
     std::string text = *o.prompt;
     if (o.chat) {
       auto tmpl = load_chat_template(*where, gguf ? &*gguf : nullptr);
-      if (!tmpl) return fail(tmpl.status());
-      if (!*tmpl) return fail(failed_precondition("--chat: the model has no chat template"));
+      if (!tmpl) return cli::fail(kWho, tmpl.status());
+      if (!*tmpl) return cli::fail(kWho, failed_precondition("--chat: the model has no chat template"));
       chat_template::ChatRenderRequest req;
       req.messages.push_back({{"role", "user"}, {"content", text}});
       req.add_generation_prompt = true;
       auto rendered = (*tmpl)->render(req);
-      if (!rendered) return fail(rendered.status());
+      if (!rendered) return cli::fail(kWho, rendered.status());
       text = *rendered;
     }
     tokenizer::EncodeOptions eo;
     // A rendered chat prompt carries its own special tokens.
     if (o.chat) eo.add_special_tokens = tokenizer::SpecialTokens::kNone;
     auto ids = tok->encode(text, eo);
-    if (!ids) return fail(ids.status());
+    if (!ids) return cli::fail(kWho, ids.status());
     prompt.assign(ids->begin(), ids->end());
   }
 
@@ -227,7 +225,7 @@ int run_generate(const Args& args) {
   eopts.kv_cache_tokens = std::max<int64_t>(eopts.kv_cache_tokens, static_cast<int64_t>(prompt.size()) + o.max_tokens);
   const auto load_start = std::chrono::steady_clock::now();
   auto engine = engine::Engine::load(source, eopts);
-  if (!engine) return fail(engine.status());
+  if (!engine) return cli::fail(kWho, engine.status());
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
   engine::GenerationRequest request;
@@ -240,15 +238,15 @@ int run_generate(const Args& args) {
   engine::OfflineRunner runner(**engine, {});
   const auto start = std::chrono::steady_clock::now();
   auto results = runner.run({&request, 1});
-  if (!results) return fail(results.status());
+  if (!results) return cli::fail(kWho, results.status());
   const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const engine::GenerationResult& r = (*results)[0];
-  if (r.finish == engine::GenerationFinish::kError) return fail(r.error);
+  if (r.finish == engine::GenerationFinish::kError) return cli::fail(kWho, r.error);
   std::string text;
   if (tok) {
     std::vector<tokenizer::TokenId> out_ids(r.tokens.begin(), r.tokens.end());
     auto decoded = tok->decode(out_ids, {tokenizer::SpecialTokenOutput::kSkip});
-    if (!decoded) return fail(decoded.status());
+    if (!decoded) return cli::fail(kWho, decoded.status());
     text = *decoded;
   } else {
     for (int32_t id : r.tokens) text += (text.empty() ? "" : " ") + std::to_string(id);

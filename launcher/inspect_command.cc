@@ -82,18 +82,12 @@ void print_tokenizer(const tokenizer::Tokenizer& t) {
 
 int inspect(const InspectOptions& o) {
   auto where = locate_model(o.model);
-  if (!where.is_ok()) {
-    std::fprintf(stderr, "tessera inspect: %s\n", where.status().message().c_str());
-    return 1;
-  }
+  if (!where.is_ok()) return cli::fail("tessera inspect", where.status());
   std::optional<loader::GgufFile> gguf;
   Result<models::ModelConfig> config = not_found("no config");
   if (where->format == ModelFormat::kGguf) {
     auto file = loader::GgufFile::open(where->path);
-    if (!file.is_ok()) {
-      std::fprintf(stderr, "tessera inspect: %s\n", file.status().message().c_str());
-      return 1;
-    }
+    if (!file.is_ok()) return cli::fail("tessera inspect", file.status());
     gguf.emplace(std::move(*file));
     std::printf("file: %s\n  GGUF v%u, %s, %zu tensors, %zu metadata keys, alignment %lu\n", where->path.c_str(),
                 gguf->version(), human_bytes(static_cast<double>(gguf->file_size())).c_str(), gguf->tensors().size(),

@@ -75,11 +75,6 @@ Result<LoadedTokenizer> open_tokenizer(const std::string& model) {
   return out;
 }
 
-int fail(std::string_view command, const Status& s) {
-  std::fprintf(stderr, "tessera %.*s: %s\n", static_cast<int>(command.size()), command.data(), s.message().c_str());
-  return 1;
-}
-
 std::string read_stdin() { return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()}; }
 
 }  // namespace
@@ -90,12 +85,12 @@ int run_tokenize(const Args& args) {
   if (a.positional.size() > 1) return cli::usage_error(kProgram, "tokenize takes one text argument (quote it, or use - for stdin)");
   std::string text = a.positional.empty() || a.positional[0] == "-" ? read_stdin() : a.positional[0];
   auto loaded = open_tokenizer(a.model);
-  if (!loaded.is_ok()) return fail("tokenize", loaded.status());
+  if (!loaded.is_ok()) return cli::fail("tessera tokenize", loaded.status());
   tokenizer::EncodeOptions opts;
   opts.add_special_tokens = a.add_special ? tokenizer::SpecialTokens::kAdd : tokenizer::SpecialTokens::kNone;
   opts.parse_special = a.special_as_text ? tokenizer::SpecialTokenParsing::kAsText : tokenizer::SpecialTokenParsing::kParse;
   auto ids = loaded->tokenizer->encode(text, opts);
-  if (!ids.is_ok()) return fail("tokenize", ids.status());
+  if (!ids.is_ok()) return cli::fail("tessera tokenize", ids.status());
   if (a.json) {
     nlohmann::json out;
     out["ids"] = *ids;
@@ -137,11 +132,11 @@ int run_detokenize(const Args& args) {
     ids.push_back(id);
   }
   auto loaded = open_tokenizer(a.model);
-  if (!loaded.is_ok()) return fail("detokenize", loaded.status());
+  if (!loaded.is_ok()) return cli::fail("tessera detokenize", loaded.status());
   tokenizer::DecodeOptions opts;
   opts.special_tokens = a.skip_special ? tokenizer::SpecialTokenOutput::kSkip : tokenizer::SpecialTokenOutput::kKeep;
   auto text = loaded->tokenizer->decode(ids, opts);
-  if (!text.is_ok()) return fail("detokenize", text.status());
+  if (!text.is_ok()) return cli::fail("tessera detokenize", text.status());
   if (a.json) {
     std::printf("%s\n", nlohmann::json{{"text", *text}}.dump().c_str());
   } else {

@@ -33,13 +33,6 @@ constexpr const char* kHelp =
     "  -h, --help          show this help and exit\n"
     "      --version       print the version and exit\n";
 
-int fail(const tessera::Status& s) {
-  std::fprintf(stderr, "%s: %s\n", kProgram, s.message().c_str());
-  return 1;
-}
-
-tessera::http::Response text(int status, const char* body) { return {status, "text/plain; charset=utf-8", body}; }
-
 int serve(const tessera::Config& config) {
   using namespace tessera;
   sigset_t signals;
@@ -66,7 +59,7 @@ int serve(const tessera::Config& config) {
   builder.RegisterService(&hub);
   builder.RegisterService(&router_service);
   auto server = builder.BuildAndStart();
-  if (!server || port == 0) return fail(unavailable("cannot listen on " + config.router.listen));
+  if (!server || port == 0) return cli::fail(kProgram, unavailable("cannot listen on " + config.router.listen));
 
   auto any_attached = [&] {
     for (auto& [name, g] : hub.groups()) {
@@ -81,9 +74,9 @@ int serve(const tessera::Config& config) {
           for (auto& [name, g] : hub.groups()) router_metrics.update(name, g->stats());
           return http::Response{200, std::string(metrics::kExpositionContentType), registry.expose()};
         }},
-       {"/health", [&] { return text(200, "ok\n"); }},
-       {"/ready", [&] { return any_attached() ? text(200, "ready\n") : text(503, "no worker group attached\n"); }}});
-  if (!status) return fail(status.status());
+       {"/health", [&] { return http::text_response(200, "ok\n"); }},
+       {"/ready", [&] { return any_attached() ? http::text_response(200, "ready\n") : http::text_response(503, "no worker group attached\n"); }}});
+  if (!status) return cli::fail(kProgram, status.status());
   std::fprintf(stderr, "%s: serving Router and WorkerHub on %s (port %d); /metrics, /health, /ready on port %u\n",
                kProgram, config.router.listen.c_str(), port, (*status)->port());
 
@@ -100,21 +93,9 @@ int serve(const tessera::Config& config) {
 int main(int argc, char** argv) {
   const auto args = tessera::cli::args_of(argc, argv);
   if (auto code = tessera::cli::handle_help_and_version(args, kProgram, kHelp)) return *code;
-  tessera::ConfigSources sources;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if ((a == "--config" || a == "-c" || a == "--set") && i + 1 >= args.size()) {
-      return tessera::cli::usage_error(kProgram, a + " needs a value");
-    }
-    if (a == "--config" || a == "-c") {
-      sources.file = args[++i];
-    } else if (a == "--set") {
-      sources.overrides.push_back(args[++i]);
-    } else {
-      return tessera::cli::usage_error(kProgram, "unknown argument '" + a + "'");
-    }
-  }
-  auto config = tessera::load_config(sources);
-  if (!config) return fail(config.status());
+  auto sources = tessera::parse_config_flags(args);
+  if (!sources) return tessera::cli::usage_error(kProgram, sources.status().message());
+  auto config = tessera::load_config(*sources);
+  if (!config) return tessera::cli::fail(kProgram, config.status());
   return serve(*config);
 }

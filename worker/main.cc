@@ -59,25 +59,16 @@ int list_devices() {
   return 0;
 }
 
-int fail(const tessera::Status& s) {
-  std::fprintf(stderr, "%s: %s\n", kProgram, s.message().c_str());
-  return 1;
-}
-
-tessera::http::Response text(int status, const char* body) {
-  return {status, "text/plain; charset=utf-8", body};
-}
-
 int serve(const tessera::Config& config) {
   using namespace tessera;
   if (config.worker.device == Device::kCuda) {
-    return fail(unimplemented("worker.device=cuda: the CUDA backend is not built yet; use cpu or auto"));
+    return cli::fail(kProgram, unimplemented("worker.device=cuda: the CUDA backend is not built yet; use cpu or auto"));
   }
   if (config.worker.tensor_parallel_size != 1 || config.worker.pipeline_parallel_size != 1) {
-    return fail(unimplemented("tensor/pipeline parallelism is not built yet: use one rank per group"));
+    return cli::fail(kProgram, unimplemented("tensor/pipeline parallelism is not built yet: use one rank per group"));
   }
   auto path = resolve_model_path(config.model);
-  if (!path) return fail(path.status());
+  if (!path) return cli::fail(kProgram, path.status());
   engine::EngineOptions eo;
   eo.num_threads = static_cast<int>(config.worker.num_threads);
   eo.page_size = config.worker.page_size_tokens;
@@ -107,21 +98,21 @@ int serve(const tessera::Config& config) {
       {"0.0.0.0", static_cast<uint16_t>(config.worker.metrics_port), std::chrono::milliseconds(5000), 64},
       {{"/metrics",
         [&] { return http::Response{200, std::string(metrics::kExpositionContentType), registry.expose()}; }},
-       {"/health", [&] { return stopping ? text(503, "stopping\n") : text(200, "ok\n"); }},
+       {"/health", [&] { return stopping ? http::text_response(503, "stopping\n") : http::text_response(200, "ok\n"); }},
        // Ready: loaded and attached to a router (it can take work); 503 while loading,
        // while the router is unreachable, and while stopping.
        {"/ready", [&] {
           const worker::WorkerSession* s = session_ptr.load();
-          if (!loaded || stopping) return text(503, stopping ? "stopping\n" : "loading\n");
-          return s && s->attached() ? text(200, "ready\n") : text(503, "not attached to a router\n");
+          if (!loaded || stopping) return http::text_response(503, stopping ? "stopping\n" : "loading\n");
+          return s && s->attached() ? http::text_response(200, "ready\n") : http::text_response(503, "not attached to a router\n");
         }}});
-  if (!status) return fail(status.status());
+  if (!status) return cli::fail(kProgram, status.status());
   std::fprintf(stderr, "%s: /metrics, /health, /ready on port %u; loading %s\n", kProgram, (*status)->port(),
                path->c_str());
 
   const auto t0 = std::chrono::steady_clock::now();
   auto engine = engine::Engine::load({*path, format, config.model.dummy_seed}, eo);
-  if (!engine) return fail(engine.status());
+  if (!engine) return cli::fail(kProgram, engine.status());
   loaded = true;
   up.get().set(1);
   std::fprintf(stderr, "%s: loaded in %.2f s on %s (%lld KV pages of %lld tokens); attaching to %s as group %s\n",
@@ -148,7 +139,7 @@ int serve(const tessera::Config& config) {
   waiter.join();
   (*status)->stop();
   session_ptr = nullptr;
-  if (!result.is_ok() && result.code() != StatusCode::kCancelled) return fail(result);
+  if (!result.is_ok() && result.code() != StatusCode::kCancelled) return cli::fail(kProgram, result);
   std::fprintf(stderr, "%s: stopped\n", kProgram);
   return 0;
 }
@@ -159,21 +150,9 @@ int main(int argc, char** argv) {
   const auto args = tessera::cli::args_of(argc, argv);
   if (auto code = tessera::cli::handle_help_and_version(args, kProgram, kHelp)) return *code;
   if (args.size() == 1 && args[0] == "--list-devices") return list_devices();
-  tessera::ConfigSources sources;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if ((a == "--config" || a == "-c" || a == "--set") && i + 1 >= args.size()) {
-      return tessera::cli::usage_error(kProgram, a + " needs a value");
-    }
-    if (a == "--config" || a == "-c") {
-      sources.file = args[++i];
-    } else if (a == "--set") {
-      sources.overrides.push_back(args[++i]);
-    } else {
-      return tessera::cli::usage_error(kProgram, "unknown argument '" + a + "'");
-    }
-  }
-  auto config = tessera::load_config(sources);
-  if (!config) return fail(config.status());
+  auto sources = tessera::parse_config_flags(args);
+  if (!sources) return tessera::cli::usage_error(kProgram, sources.status().message());
+  auto config = tessera::load_config(*sources);
+  if (!config) return tessera::cli::fail(kProgram, config.status());
   return serve(*config);
 }

@@ -33,6 +33,11 @@ std::optional<int> handle_help_and_version(const std::vector<std::string>& args,
   return std::nullopt;
 }
 
+int fail(std::string_view who, const Status& status) {
+  std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(who.size()), who.data(), status.message().c_str());
+  return 1;
+}
+
 int usage_error(std::string_view program, std::string_view message) {
   std::fprintf(stderr, "%.*s: %.*s\nTry '%.*s --help'.\n", static_cast<int>(program.size()), program.data(),
                static_cast<int>(message.size()), message.data(), static_cast<int>(program.size()), program.data());

@@ -307,6 +307,32 @@ std::string config_reference_markdown() {
   return md;
 }
 
+Result<ConfigSources> parse_config_flags(std::span<const std::string> args) {
+  ConfigSources sources;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    std::optional<std::string> value;
+    std::string flag = a;
+    if (const size_t eq = a.find('='); a.starts_with("--") && eq != std::string::npos) {
+      flag = a.substr(0, eq);
+      value = a.substr(eq + 1);
+    }
+    if (flag != "--config" && flag != "-c" && flag != "--set") {
+      return invalid_argument("unknown argument '" + a + "'");
+    }
+    if (!value) {
+      if (i + 1 >= args.size()) return invalid_argument(flag + " needs a value");
+      value = args[++i];
+    }
+    if (flag == "--set") {
+      sources.overrides.push_back(*value);
+    } else {
+      sources.file = *value;
+    }
+  }
+  return sources;
+}
+
 Result<std::string> resolve_model_path(const ModelSettings& model) {
   if (model.path != "default") return model.path;
   std::string dir;

@@ -242,3 +242,18 @@ TEST_CASE("the sample deployment config loads with the real parser", "[config]")
   INFO(r.status().to_string());
   CHECK(r.is_ok());
 }
+
+TEST_CASE("config flags: --config/-c/--config=, repeated --set, and usage errors", "[config]") {
+  using tessera::parse_config_flags;
+  const std::vector<std::string> args{"-c", "a.yaml", "--set", "router.max_num_seqs=8", "--set=worker.group=g1",
+                                      "--config=b.yaml"};
+  auto s = parse_config_flags(args);
+  REQUIRE(s.is_ok());
+  REQUIRE(s->file == "b.yaml");  // the last one wins
+  REQUIRE(s->overrides == std::vector<std::string>{"router.max_num_seqs=8", "worker.group=g1"});
+  REQUIRE(parse_config_flags(std::vector<std::string>{}).is_ok());
+  const std::vector<std::string> dangling{"--set"};
+  REQUIRE(parse_config_flags(dangling).status().message() == "--set needs a value");
+  const std::vector<std::string> unknown{"--frobnicate"};
+  REQUIRE(parse_config_flags(unknown).status().message() == "unknown argument '--frobnicate'");
+}

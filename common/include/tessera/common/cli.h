@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include "tessera/common/status.h"
+
 namespace tessera::cli {
 
 // "tessera-router 0.1.0 (abc1234)"
@@ -18,6 +20,10 @@ std::vector<std::string> args_of(int argc, char** argv);
 // exit code when one of them was given, nothing otherwise.
 std::optional<int> handle_help_and_version(const std::vector<std::string>& args, std::string_view program,
                                            std::string_view help);
+
+// Prints "WHO: message" of a failure to stderr; returns the failure exit code (1). WHO is
+// the program, or the program and its command ("tessera generate").
+int fail(std::string_view who, const Status& status);
 
 // Prints "PROGRAM: message" and a hint to stderr; returns the usage-error exit code (2).
 int usage_error(std::string_view program, std::string_view message);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -133,6 +134,11 @@ inline constexpr const char* kDefaultModelFile = "SmolLM2-135M-Instruct.Q4_1.ggu
 
 // Loads, applies overrides and validates. Unknown keys and wrong types are errors.
 Result<Config> load_config(const ConfigSources& sources);
+
+// The configuration flags every binary takes, from `args`: --config FILE (also -c FILE and
+// --config=FILE) and --set KEY=VALUE (also --set=KEY=VALUE), repeatable. INVALID_ARGUMENT,
+// worded for a usage error, for a flag without its value or any other argument.
+Result<ConfigSources> parse_config_flags(std::span<const std::string> args);
 // Parses YAML text (the `name` shows up in errors in place of a file name).
 Result<Config> parse_config(std::string_view yaml_text, std::string_view name,
                             const std::vector<std::string>& overrides = {});

@@ -25,6 +25,11 @@ struct Response {
   std::string body;
 };
 
+// A plain-text response ("ok\n", "loading\n") for the health endpoints.
+inline Response text_response(int status, std::string body) {
+  return {status, "text/plain; charset=utf-8", std::move(body)};
+}
+
 using Handler = std::function<Response()>;
 
 struct StatusServerOptions {
