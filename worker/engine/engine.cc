@@ -83,8 +83,23 @@ Result<std::unique_ptr<Engine>> Engine::load(const ModelSource& source, const En
   return engine;
 }
 
-Status Engine::check_plan(const StepInput& in) const {
+Status Engine::check_sequence(std::span<const int32_t> token_ids, const SamplingOptions& sampling) const {
   const uint32_t vocab = config().vocab_size;
+  if (token_ids.empty()) return invalid_argument("has no tokens");
+  for (int32_t t : token_ids) {
+    if (t < 0 || static_cast<uint32_t>(t) >= vocab) {
+      return invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                              std::to_string(vocab) + ")");
+    }
+  }
+  if (token_ids.size() > config().max_position_embeddings) {
+    return invalid_argument(std::to_string(token_ids.size()) + " tokens exceed the context length " +
+                            std::to_string(config().max_position_embeddings));
+  }
+  return sampling.validate(vocab);
+}
+
+Status Engine::check_plan(const StepInput& in) const {
   const int64_t ps = options_.page_size;
   auto page_ok = [&](int32_t page) { return page >= 0 && page < num_pages_; };
   auto bad = [](uint64_t id, const std::string& what) {
@@ -103,21 +118,10 @@ Status Engine::check_plan(const StepInput& in) const {
     if ((sequences_.count(s.seq_id) && !released.count(s.seq_id)) || views.count(s.seq_id)) {
       return bad(s.seq_id, "already exists");
     }
-    if (s.token_ids.empty()) return bad(s.seq_id, "has no tokens");
+    TESSERA_RETURN_IF_ERROR(check_sequence(s.token_ids, s.sampling).with_context("sequence " + std::to_string(s.seq_id)));
     if (s.num_prompt_tokens < 1 || s.num_prompt_tokens > s.token_ids.size()) {
       return bad(s.seq_id, "num_prompt_tokens must be in [1, number of tokens]");
     }
-    for (int32_t t : s.token_ids) {
-      if (t < 0 || static_cast<uint32_t>(t) >= vocab) {
-        return bad(s.seq_id, "token id " + std::to_string(t) + " is outside the vocabulary [0, " +
-                                 std::to_string(vocab) + ")");
-      }
-    }
-    if (s.token_ids.size() > config().max_position_embeddings) {
-      return bad(s.seq_id, std::to_string(s.token_ids.size()) + " tokens exceed the context length " +
-                               std::to_string(config().max_position_embeddings));
-    }
-    TESSERA_RETURN_IF_ERROR(s.sampling.validate(vocab));
     if (s.num_cached_tokens >= s.token_ids.size()) return bad(s.seq_id, "every token is cached; nothing to compute");
     if (static_cast<int64_t>(s.cached_pages.size()) * ps < s.num_cached_tokens) {
       return bad(s.seq_id, "cached pages do not cover num_cached_tokens");

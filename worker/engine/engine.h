@@ -99,6 +99,10 @@ class Engine {
   }
 
   [[nodiscard]] Result<StepOutput> step(const StepInput& input);
+  // Whether a sequence of these tokens and sampling options can run here at all: tokens
+  // present, inside the vocabulary and the context, options valid. step() refuses a new
+  // sequence that fails this; callers can ask before building a plan.
+  [[nodiscard]] Status check_sequence(std::span<const int32_t> token_ids, const SamplingOptions& sampling) const;
   // Forgets every sequence (the router that planned them is gone); the KV memory stays.
   void release_all() { sequences_.clear(); }
 

@@ -58,27 +58,15 @@ Result<std::vector<GenerationResult>> OfflineRunner::run(std::span<const Generat
       const int64_t limit = std::min<int64_t>(total, config.max_position_embeddings);
       const int64_t pages = (limit + ps - 1) / ps;
       // Requests the engine would refuse end here, alone, with the reason.
-      Status bad;
-      if (r.prompt.empty()) {
-        bad = invalid_argument("empty prompt");
-      } else if (r.max_tokens < 1) {
-        bad = invalid_argument("max_tokens must be at least 1");
-      } else if (r.prompt.size() >= config.max_position_embeddings) {
+      Status bad = engine_.check_sequence(r.prompt, r.sampling).with_context("prompt");
+      if (bad.is_ok() && r.max_tokens < 1) bad = invalid_argument("max_tokens must be at least 1");
+      if (bad.is_ok() && r.prompt.size() >= config.max_position_embeddings) {
         bad = invalid_argument("prompt of " + std::to_string(r.prompt.size()) + " tokens leaves no room in the " +
                                std::to_string(config.max_position_embeddings) + "-token context");
-      } else if (pages > engine_.num_pages()) {
+      }
+      if (bad.is_ok() && pages > engine_.num_pages()) {
         bad = resource_exhausted("prompt + max_tokens need " + std::to_string(pages) + " KV pages; the cache has " +
                                  std::to_string(engine_.num_pages()));
-      } else if (Status s = r.sampling.validate(config.vocab_size); !s.is_ok()) {
-        bad = s;
-      } else {
-        for (int32_t t : r.prompt) {
-          if (t < 0 || static_cast<uint32_t>(t) >= config.vocab_size) {
-            bad = invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary [0, " +
-                                   std::to_string(config.vocab_size) + ")");
-            break;
-          }
-        }
       }
       if (!bad.is_ok()) {
         results[i].finish = GenerationFinish::kError;
