@@ -95,16 +95,19 @@ const float* row_f32(const void* cache, int64_t offset, int64_t n, float* buf) {
   }
 }
 
-template <typename T>
-void head_scalar(const HeadArgs& a) {
+// One head, a cache row at a time, with the given vector primitives: the scalar kernel,
+// and the AVX2 kernel for head sizes without a register-resident one below.
+template <typename T, float (*Dot)(const float*, const float*, int64_t), float (*Softmax)(float*, int64_t),
+          void (*Axpy)(float*, float, const float*, int64_t)>
+void head_rows(const HeadArgs& a) {
   std::vector<float> buf(static_cast<size_t>(a.head_dim));
   for (int64_t j = 0; j < a.n; ++j) {
-    a.scores[j] = dot_scalar(a.q, row_f32<T>(a.k_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim) * a.scale;
+    a.scores[j] = Dot(a.q, row_f32<T>(a.k_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim) * a.scale;
   }
-  const float inv = softmax_in_place(a.scores, a.n);
+  const float inv = Softmax(a.scores, a.n);
   std::fill(a.out, a.out + a.head_dim, 0.0f);
   for (int64_t j = 0; j < a.n; ++j) {
-    axpy_scalar(a.out, a.scores[j] * inv, row_f32<T>(a.v_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim);
+    Axpy(a.out, a.scores[j] * inv, row_f32<T>(a.v_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim);
   }
 }
 
@@ -148,19 +151,6 @@ TESSERA_AVX2_FN float softmax_avx2(float* sc, int64_t n) {
     sum += sc[j];
   }
   return 1.0f / sum;
-}
-
-template <typename T>
-TESSERA_AVX2_FN void head_avx2_generic(const HeadArgs& a) {
-  std::vector<float> buf(static_cast<size_t>(a.head_dim));
-  for (int64_t j = 0; j < a.n; ++j) {
-    a.scores[j] = dot_avx2(a.q, row_f32<T>(a.k_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim) * a.scale;
-  }
-  const float inv = softmax_avx2(a.scores, a.n);
-  std::fill(a.out, a.out + a.head_dim, 0.0f);
-  for (int64_t j = 0; j < a.n; ++j) {
-    axpy_avx2(a.out, a.scores[j] * inv, row_f32<T>(a.v_cache, a.offsets[j], a.head_dim, buf.data()), a.head_dim);
-  }
 }
 
 template <typename T>
@@ -235,10 +225,10 @@ HeadFn pick_head_kernel(int64_t head_dim) {
   if (f.avx2 && f.fma && f.f16c) {
     if (head_dim == 64) return head_avx2<8, T>;
     if (head_dim == 128) return head_avx2<16, T>;
-    return head_avx2_generic<T>;
+    return head_rows<T, dot_avx2, softmax_avx2, axpy_avx2>;
   }
 #endif
-  return head_scalar<T>;
+  return head_rows<T, dot_scalar, softmax_in_place, axpy_scalar>;
 }
 
 // IEEE half of a float, round to nearest even (the same rounding as F16C's vcvtps2ph).
