@@ -231,25 +231,6 @@ HeadFn pick_head_kernel(int64_t head_dim) {
   return head_rows<T, dot_scalar, softmax_in_place, axpy_scalar>;
 }
 
-// IEEE half of a float, round to nearest even (the same rounding as F16C's vcvtps2ph).
-uint16_t fp32_to_fp16(float value) {
-  uint32_t x;
-  std::memcpy(&x, &value, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t abs = x & 0x7FFFFFFFu;
-  if (abs > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);  // NaN
-  if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // overflow to inf
-  if (abs < 0x38800000u) {  // subnormal half (or zero)
-    const float f = std::fabs(value) * 16777216.0f;  // 2^24: half subnormal units
-    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(f)));
-  }
-  const uint32_t mant = abs & 0x7FFFFFu;
-  uint32_t h = ((abs >> 23) - 112) << 10 | (mant >> 13);
-  const uint32_t rest = mant & 0x1FFFu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
-  return static_cast<uint16_t>(sign | h);
-}
-
 void store_half_scalar(const float* src, uint16_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }

@@ -1,6 +1,7 @@
 #include "kernels/cpu/dequantize.h"
 
 #include <atomic>
+#include <cmath>
 #include <bit>
 #include <cstring>
 #include <string>
@@ -428,6 +429,24 @@ bool cpu_has_avx2() {
 }
 
 }  // namespace
+
+uint16_t fp32_to_fp16(float value) {
+  uint32_t x;
+  std::memcpy(&x, &value, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t abs = x & 0x7FFFFFFFu;
+  if (abs > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u);  // NaN
+  if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // overflow to inf
+  if (abs < 0x38800000u) {  // subnormal half (or zero)
+    const float f = std::fabs(value) * 16777216.0f;  // 2^24: half subnormal units
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(f)));
+  }
+  const uint32_t mant = abs & 0x7FFFFFu;
+  uint32_t h = ((abs >> 23) - 112) << 10 | (mant >> 13);
+  const uint32_t rest = mant & 0x1FFFu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
 
 float fp16_to_fp32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;

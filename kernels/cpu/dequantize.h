@@ -43,5 +43,8 @@ DequantizePath active_dequantize_path();
 // F16C makes them; bfloat16 bits are kept as they are).
 float fp16_to_fp32(uint16_t bits);
 float bf16_to_fp32(uint16_t bits);
+// Float to IEEE half, round to nearest even (as F16C's vcvtps2ph rounds); NaN stays NaN,
+// overflow becomes infinity, tiny values become subnormals or zero.
+uint16_t fp32_to_fp16(float value);
 
 }  // namespace tessera::kernels::cpu

@@ -16,21 +16,8 @@ using namespace tessera::kernels::cpu;
 
 namespace {
 
-uint16_t f16_bits(float v) {
-  // Round-to-nearest float -> half for the small normal values used here.
-  uint32_t x;
-  std::memcpy(&x, &v, 4);
-  const uint32_t sign = (x >> 16) & 0x8000;
-  const int exp = static_cast<int>((x >> 23) & 0xFF) - 127 + 15;
-  const uint32_t mant = x & 0x7FFFFF;
-  if (exp <= 0) return static_cast<uint16_t>(sign);
-  uint32_t h = sign | (static_cast<uint32_t>(exp) << 10) | (mant >> 13);
-  if (mant & 0x1000) ++h;
-  return static_cast<uint16_t>(h);
-}
-
 void put_f16(std::byte* p, float v) {
-  const uint16_t b = f16_bits(v);
+  const uint16_t b = fp32_to_fp16(v);
   std::memcpy(p, &b, 2);
 }
 
@@ -52,7 +39,7 @@ std::vector<std::byte> random_weights(GgmlType type, int64_t n, int64_t k, std::
       const float v = uni(rng);
       uint16_t b;
       if (type == GgmlType::kF16) {
-        b = f16_bits(v);
+        b = fp32_to_fp16(v);
       } else {
         uint32_t x;
         std::memcpy(&x, &v, 4);

@@ -174,6 +174,22 @@ TEST_CASE("half and bfloat16 conversion is exact for every bit pattern on both p
   CHECK(cpu::bf16_to_fp32(0xC040) == -3.0f);
 }
 
+TEST_CASE("float to half rounds to nearest even and round-trips every half", "[kernels][dequantize]") {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const auto bits = static_cast<uint16_t>(h);
+    const float f = cpu::fp16_to_fp32(bits);
+    if (std::isnan(f)) {
+      REQUIRE(std::isnan(cpu::fp16_to_fp32(cpu::fp32_to_fp16(f))));
+    } else {
+      REQUIRE(cpu::fp32_to_fp16(f) == bits);
+    }
+  }
+  CHECK(cpu::fp32_to_fp16(1.0f + std::ldexp(1.0f, -11)) == 0x3C00);      // halfway: ties to even (down)
+  CHECK(cpu::fp32_to_fp16(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3C02);  // halfway above odd: up
+  CHECK(cpu::fp32_to_fp16(70000.0f) == 0x7C00);                          // overflow: infinity
+  CHECK(cpu::fp32_to_fp16(std::ldexp(1.0f, -26)) == 0x0000);             // below half the smallest subnormal
+}
+
 TEST_CASE("scalar dequantization reproduces gguf-py's values for every supported type", "[kernels][dequantize]") {
   const auto fixture = nlohmann::json::parse(read_text_file(fixture_path("dequant_blocks.json")));
   size_t num_types = 0;
