@@ -15,7 +15,8 @@
 #include <thread>
 
 #include "router/worker_codec.h"
-#include "test_data.h"
+#include "local_grpc_server.h"
+#include "worker/engine/engine_fixtures.h"
 #include "worker/engine/offline_runner.h"
 #include "worker/service/worker_session.h"
 
@@ -29,10 +30,7 @@ std::unique_ptr<engine::Engine> tiny_engine() {
   o.kv_cache_tokens = 8192;
   o.max_batch_tokens = 64;
   o.max_sequences = 16;
-  auto e = engine::Engine::load(
-      {testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/llama3", engine::LoadFormat::kSafetensors, 0}, o);
-  REQUIRE(e.is_ok());
-  return std::move(*e);
+  return testing::load_family("llama3", o);
 }
 
 struct Collector {
@@ -96,12 +94,8 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens; a l
   metrics::Registry registry;
   router::RouterMetrics router_metrics(registry);
   router::WorkerHubService hub(router::GroupOptions{.metrics = &router_metrics});
-  int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&hub);
-  auto server = builder.BuildAndStart();
-  REQUIRE(server);
+  auto local = testing::start_local_grpc_server({&hub});
+  const int port = local.port;
   router::WorkerGroup& group = hub.group("g0");
 
   Collector got;
@@ -147,19 +141,14 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens; a l
   REQUIRE(after.tokens[200] == want[3]);
   second.stop();
   REQUIRE(running2.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
-  server->Shutdown();
+  local.server->Shutdown();
 }
 
 TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel end requests", "[router][worker]") {
   router::WorkerHubService hub({});
   router::RouterService router_service(hub);
-  int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&hub);
-  builder.RegisterService(&router_service);
-  auto server = builder.BuildAndStart();
-  REQUIRE(server);
+  auto local = testing::start_local_grpc_server({&hub, &router_service});
+  const int port = local.port;
   auto stub = v1::Router::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                                                       grpc::InsecureChannelCredentials()));
   auto generate = [&](const std::string& id, std::vector<int32_t> prompt, uint32_t max_tokens,
@@ -275,5 +264,5 @@ TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel 
 
   session.stop();
   REQUIRE(running.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
-  server->Shutdown();
+  local.server->Shutdown();
 }

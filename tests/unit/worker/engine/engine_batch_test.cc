@@ -2,7 +2,6 @@
 // are the same alone, in a batch of 16 sequences mixing prefill chunks and decodes, with
 // page size 1 and 16, and with its prompt split into prefill chunks.
 #include <cstring>
-#include <filesystem>
 
 #include "engine_fixtures.h"
 #include "worker/engine/offline_runner.h"
@@ -22,17 +21,14 @@ struct Outcome {
 
 // Runs `batch` and returns the outcome of request `which`.
 Outcome run(int64_t page_size, const std::vector<GenerationRequest>& batch, size_t which, OfflineRunnerOptions ro) {
-  const std::string model = testing::test_model_path();
-  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model (" << model << ")");
   EngineOptions o;
   o.page_size = page_size;
   o.max_batch_tokens = 512;
   o.max_sequences = 16;
   o.kv_cache_tokens = 16 * 512;
-  auto engine = Engine::load_gguf(model, o);
-  REQUIRE(engine.is_ok());
+  auto engine = testing::load_test_model(o);
   ro.keep_first_logits = true;
-  OfflineRunner runner(**engine, ro);
+  OfflineRunner runner(*engine, ro);
   auto results = runner.run(batch);
   REQUIRE(results.is_ok());
   const auto& r = (*results)[which];
@@ -89,13 +85,10 @@ TEST_CASE("a request's greedy output does not depend on batch, page size or pref
 }
 
 TEST_CASE("a bad step plan is refused whole and leaves the engine usable", "[engine][errors]") {
-  const std::string model = testing::test_model_path();
-  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model");
   EngineOptions o;
   o.kv_cache_tokens = 256;
-  auto loaded = Engine::load_gguf(model, o);
-  REQUIRE(loaded.is_ok());
-  Engine& engine = **loaded;
+  auto loaded = testing::load_test_model(o);
+  Engine& engine = *loaded;
   SamplingOptions g;
   g.temperature = 0;
   auto step_with = [&](std::vector<NewSequence> news, std::vector<ScheduledSlice> slices) {
@@ -129,17 +122,14 @@ TEST_CASE("a bad step plan is refused whole and leaves the engine usable", "[eng
 }
 
 TEST_CASE("the offline runner fails a bad request alone and finishes the others", "[engine][errors]") {
-  const std::string model = testing::test_model_path();
-  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model");
   EngineOptions o;
   o.kv_cache_tokens = 1024;
-  auto loaded = Engine::load_gguf(model, o);
-  REQUIRE(loaded.is_ok());
+  auto loaded = testing::load_test_model(o);
   std::vector<GenerationRequest> reqs(4, greedy({1, 504, 3575, 282}));
   reqs[1].prompt = {1, 2, 60000};       // outside the vocabulary
   reqs[2].sampling.top_p = 0.0f;        // invalid sampling option
   reqs[3].max_tokens = 5000;            // more KV than the cache holds
-  OfflineRunner runner(**loaded, {});
+  OfflineRunner runner(*loaded, {});
   auto results = runner.run(reqs);
   REQUIRE(results.is_ok());
   REQUIRE((*results)[0].finish == GenerationFinish::kLength);
@@ -149,7 +139,7 @@ TEST_CASE("the offline runner fails a bad request alone and finishes the others"
     REQUIRE((*results)[i].finish == GenerationFinish::kError);
     REQUIRE(!(*results)[i].error.is_ok());
   }
-  REQUIRE((*loaded)->num_sequences() == 0);  // everything released
+  REQUIRE(loaded->num_sequences() == 0);  // everything released
 }
 
 TEST_CASE("a seeded sampled request gives the same tokens alone and in a batch", "[engine][batch]") {
@@ -177,17 +167,14 @@ TEST_CASE("a seeded sampled request gives the same tokens alone and in a batch",
 }
 
 TEST_CASE("a sequence reusing another's cached prefix pages gets the same logits", "[engine][prefix]") {
-  const std::string model = testing::test_model_path();
-  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model");
   const auto prompts = testing::load_reference_prompts();
   const std::vector<int32_t>& prompt = prompts[16].token_ids;  // 170 tokens
   REQUIRE(prompt.size() > 64);
   EngineOptions o;
   o.page_size = 16;
   o.kv_cache_tokens = 1024;
-  auto loaded = Engine::load_gguf(model, o);
-  REQUIRE(loaded.is_ok());
-  Engine& engine = **loaded;
+  auto loaded = testing::load_test_model(o);
+  Engine& engine = *loaded;
   SamplingOptions g;
   g.temperature = 0;
   const auto n = static_cast<uint32_t>(prompt.size());

@@ -20,7 +20,7 @@ struct FamilyPrompt {
   std::vector<int32_t> greedy;
 };
 
-std::vector<FamilyPrompt> load_family(const std::string& dir) {
+std::vector<FamilyPrompt> load_family_reference(const std::string& dir) {
   std::ifstream f(dir + "/reference.json");
   REQUIRE(f.good());
   const auto j = nlohmann::json::parse(f);
@@ -33,16 +33,14 @@ std::vector<FamilyPrompt> load_family(const std::string& dir) {
 }
 
 void check_family(const std::string& name, models::WeightMode mode, double max_error) {
-  const std::string dir = testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/" + name;
-  const auto prompts = load_family(dir);
+  const std::string dir = testing::family_dir(name);
+  const auto prompts = load_family_reference(dir);
   EngineOptions o;
   o.weight_mode = mode;
   o.kv_dtype = mode == models::WeightMode::kDequantizeF32 ? KvDtype::kF32 : KvDtype::kF16;
   o.page_size = 4;  // several pages even for these short prompts
   o.kv_cache_tokens = 1024;
-  auto engine = Engine::load({dir, LoadFormat::kSafetensors, 0}, o);
-  INFO(name << ": " << engine.status().message());
-  REQUIRE(engine.is_ok());
+  auto engine = testing::load_family(name, o);
   std::vector<GenerationRequest> reqs;
   for (const auto& p : prompts) {
     GenerationRequest r;
@@ -52,7 +50,7 @@ void check_family(const std::string& name, models::WeightMode mode, double max_e
     r.ignore_eos = true;
     reqs.push_back(r);
   }
-  OfflineRunner runner(**engine, {.keep_first_logits = true});
+  OfflineRunner runner(*engine, {.keep_first_logits = true});
   auto results = runner.run(reqs);
   REQUIRE(results.is_ok());
   for (size_t i = 0; i < prompts.size(); ++i) {

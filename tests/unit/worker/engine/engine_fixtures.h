@@ -6,13 +6,16 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "test_data.h"
+#include "worker/engine/engine.h"
 
 namespace tessera::testing {
 
@@ -23,6 +26,33 @@ struct ReferencePrompt {
   std::vector<float> greedy_top2_gap;
   std::vector<float> last_logits;
 };
+
+// The test model's path; fails the test (saying how to fetch it) when it is missing.
+inline std::string require_test_model() {
+  const std::string model = test_model_path();
+  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model (" << model << ")");
+  return model;
+}
+
+// The test model loaded on the engine with these options.
+inline std::unique_ptr<engine::Engine> load_test_model(const engine::EngineOptions& options) {
+  auto e = engine::Engine::load_gguf(require_test_model(), options);
+  INFO(e.status().message());
+  REQUIRE(e.is_ok());
+  return std::move(*e);
+}
+
+// A tiny transformers checkpoint of tests/fixtures/engine/families (llama3, qwen2, mistral).
+inline std::string family_dir(const std::string& name) {
+  return fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/" + name;
+}
+
+inline std::unique_ptr<engine::Engine> load_family(const std::string& name, const engine::EngineOptions& options) {
+  auto e = engine::Engine::load({family_dir(name), engine::LoadFormat::kSafetensors, 0}, options);
+  INFO(name << ": " << e.status().message());
+  REQUIRE(e.is_ok());
+  return std::move(*e);
+}
 
 inline std::vector<ReferencePrompt> load_reference_prompts() {
   const std::string dir = fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/";

@@ -63,8 +63,7 @@ std::vector<float> last_logits(Engine& engine, const std::vector<int32_t>& promp
 }  // namespace
 
 TEST_CASE("a safetensors directory and the GGUF it came from give the same logits", "[engine][formats]") {
-  const std::string model = testing::test_model_path();
-  if (!fs::exists(model)) FAIL("test model missing: run scripts/fetch-model (" << model << ")");
+  const std::string model = testing::require_test_model();
   auto gguf = loader::GgufFile::open(model);
   REQUIRE(gguf.is_ok());
   auto config = models::config_from_gguf(*gguf);
@@ -143,7 +142,7 @@ TEST_CASE("the dummy load format gives a deterministic model of any config", "[e
 }
 
 TEST_CASE("the KV cache can be sized in bytes", "[engine]") {
-  const std::string dir = testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/llama3";
+  const std::string dir = testing::family_dir("llama3");
   EngineOptions o;
   o.page_size = 4;
   // 2 layers x 2 kv heads x 16 dims x 4 tokens x 2 (K, V) x 2 bytes (half) = 1024 bytes a page.

@@ -2,7 +2,6 @@
 // last-position logits of 20 prompts within 1e-3 max relative error, and 64-token greedy
 // continuations equal to the reference (a divergence is accepted only right after a
 // near-tie, top-2 gap < 1e-3, and reported).
-#include <filesystem>
 
 #include "engine_fixtures.h"
 #include "worker/engine/offline_runner.h"
@@ -26,8 +25,6 @@ std::vector<GenerationRequest> greedy_requests(const std::vector<testing::Refere
 }
 
 std::unique_ptr<Engine> load(models::WeightMode mode) {
-  const std::string model = testing::test_model_path();
-  if (!std::filesystem::exists(model)) FAIL("test model missing: run scripts/fetch-model (" << model << ")");
   EngineOptions o;
   o.weight_mode = mode;
   // The reference path keeps the KV cache in float32 too; the native path uses the default.
@@ -35,9 +32,7 @@ std::unique_ptr<Engine> load(models::WeightMode mode) {
   o.max_batch_tokens = 512;
   o.max_sequences = 20;
   o.kv_cache_tokens = 20 * 512;
-  auto e = Engine::load_gguf(model, o);
-  REQUIRE(e.is_ok());
-  return std::move(*e);
+  return testing::load_test_model(o);
 }
 
 }  // namespace

@@ -11,7 +11,8 @@
 #include <mutex>
 
 #include "tessera/v1/worker.grpc.pb.h"
-#include "test_data.h"
+#include "local_grpc_server.h"
+#include "worker/engine/engine_fixtures.h"
 #include "worker/service/plan_codec.h"
 
 using namespace tessera;
@@ -68,10 +69,7 @@ std::unique_ptr<engine::Engine> tiny_engine() {
   engine::EngineOptions o;
   o.page_size = 4;
   o.kv_cache_tokens = 256;
-  auto e = engine::Engine::load(
-      {testing::fixtures_dir(TESSERA_FIXTURES_DIR) + "/engine/families/llama3", engine::LoadFormat::kSafetensors, 0}, o);
-  REQUIRE(e.is_ok());
-  return std::move(*e);
+  return testing::load_family("llama3", o);
 }
 
 }  // namespace
@@ -119,13 +117,8 @@ TEST_CASE("the worker serves plans, reports faults, re-dials after a break and e
     while (s->Read(&m)) {
     }
   });
-  int port = 0;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&hub);
-  auto server = builder.BuildAndStart();
-  REQUIRE(server);
-  REQUIRE(port > 0);
+  auto local = testing::start_local_grpc_server({&hub});
+  const int port = local.port;
 
   auto engine = tiny_engine();
   worker::WorkerSession session(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "test-worker", "tiny",
@@ -159,7 +152,7 @@ TEST_CASE("the worker serves plans, reports faults, re-dials after a break and e
   const auto again = reattached_reply.get_future().get();
   REQUIRE(again.has_fault());  // the old sequence is gone on the new stream
   REQUIRE(session.stats().num_attachments == 2);
-  server->Shutdown();
+  local.server->Shutdown();
 }
 
 TEST_CASE("stop() ends a worker that cannot reach its router", "[worker][service]") {
