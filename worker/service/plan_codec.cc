@@ -27,14 +27,21 @@ engine::SamplingOptions sampling_from_proto(const v1::SamplingParams& p, uint64_
 
 namespace {
 
+// The engine numbers pages with int32; the wire with uint32.
+Result<int32_t> page_id(uint32_t page, const char* what) {
+  if (page > static_cast<uint32_t>(std::numeric_limits<int32_t>::max())) {
+    return invalid_argument(std::string(what) + ": page id " + std::to_string(page) + " is out of range");
+  }
+  return static_cast<int32_t>(page);
+}
+
 Result<std::vector<int32_t>> pages_from(const google::protobuf::RepeatedField<uint32_t>& pages, const char* what) {
   std::vector<int32_t> out;
   out.reserve(static_cast<size_t>(pages.size()));
   for (uint32_t p : pages) {
-    if (p > static_cast<uint32_t>(std::numeric_limits<int32_t>::max())) {
-      return invalid_argument(std::string(what) + ": page id " + std::to_string(p) + " is out of range");
-    }
-    out.push_back(static_cast<int32_t>(p));
+    auto id = page_id(p, what);
+    if (!id) return id.status();
+    out.push_back(*id);
   }
   return out;
 }
@@ -68,11 +75,11 @@ Result<engine::StepInput> step_input_from_proto(const v1::StepPlan& plan) {
   }
   in.released_seq_ids.assign(plan.released_seq_ids().begin(), plan.released_seq_ids().end());
   for (const v1::PageCopy& c : plan.page_copies()) {
-    if (c.src_page() > static_cast<uint32_t>(std::numeric_limits<int32_t>::max()) ||
-        c.dst_page() > static_cast<uint32_t>(std::numeric_limits<int32_t>::max())) {
-      return invalid_argument("page_copies: page id out of range");
-    }
-    in.page_copies.emplace_back(static_cast<int32_t>(c.src_page()), static_cast<int32_t>(c.dst_page()));
+    auto src = page_id(c.src_page(), "page_copies");
+    if (!src) return src.status();
+    auto dst = page_id(c.dst_page(), "page_copies");
+    if (!dst) return dst.status();
+    in.page_copies.emplace_back(*src, *dst);
   }
   return in;
 }
