@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/float_ops.h"
 #include "kernels/cpu/ggml_types.h"
 #include "tessera/common/status.h"
@@ -21,6 +22,9 @@
 namespace tessera::engine {
 
 using kernels::cpu::GgmlType;
+// Element type of the KV cache: half by default (half the memory traffic of attention),
+// float32 for the reference path.
+using kernels::cpu::KvDtype;
 using kernels::cpu::RopeStyle;
 
 // A weight matrix [n, k] (n output features) in a GGML type, in backend memory.
@@ -32,10 +36,6 @@ struct WeightTensor {
   int64_t bytes = 0;
 };
 
-// Element type of the KV cache: half by default (half the memory traffic of attention),
-// float32 for the reference path.
-enum class KvDtype { kF16, kF32 };
-
 struct KvShape {
   int64_t num_layers = 0;
   int64_t num_pages = 0;
@@ -43,7 +43,7 @@ struct KvShape {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   KvDtype dtype = KvDtype::kF16;
-  int64_t element_bytes() const { return dtype == KvDtype::kF16 ? 2 : 4; }
+  int64_t element_bytes() const { return kernels::cpu::kv_dtype_bytes(dtype); }
   int64_t bytes() const { return 2 * num_layers * num_pages * page_size * num_kv_heads * head_dim * element_bytes(); }
 };
 

@@ -132,8 +132,7 @@ Status CpuBackend::rope(float* q, int64_t num_heads, float* k, int64_t num_kv_he
 }
 
 kc::KvCacheShape CpuBackend::kernel_kv_shape() const {
-  return {kv_shape_.dtype == KvDtype::kF16 ? kc::KvDtype::kF16 : kc::KvDtype::kF32, kv_shape_.num_pages,
-          kv_shape_.page_size, kv_shape_.num_kv_heads, kv_shape_.head_dim};
+  return {kv_shape_.dtype, kv_shape_.num_pages, kv_shape_.page_size, kv_shape_.num_kv_heads, kv_shape_.head_dim};
 }
 
 Status CpuBackend::attention(int64_t layer, const float* q, const float* k, const float* v, int64_t num_heads,
