@@ -197,13 +197,14 @@ bool Scheduler::try_admit(Plan& plan) {
   bool admitted = false;
   if (waiting_.empty() || static_cast<int32_t>(running_.size()) >= options_.max_num_seqs) return false;
   // Pages the running sequences may still claim, against what is free or freeable. The
-  // evictable count walks the tree: once per plan, then kept up to date by hand (a match
-  // retains pages, which may have been evictable; admission only takes).
+  // evictable count walks the whole tree, so it is taken only when free pages fall short,
+  // at most once per plan, then kept up to date by hand (a later match retains pages that
+  // may have been evictable; admission only takes).
   int64_t committed = 0;
   for (const Sequence* s : running_) {
     committed += std::max<int64_t>(0, peak_pages(*s) - static_cast<int64_t>(s->pages.size()));
   }
-  int64_t evictable = options_.enable_prefix_cache ? cache_.num_evictable_pages() : 0;
+  std::optional<int64_t> evictable;
   while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
     Sequence& seq = *waiting_.begin()->second;
     PrefixMatch match;
@@ -211,9 +212,14 @@ bool Scheduler::try_admit(Plan& plan) {
       match = cache_.match({seq.tokens, static_cast<int32_t>(seq.tokens.size()) - 1, /*count_in_stats=*/false});
     }
     // Matched pages held only by the cache were evictable; now the sequence holds them.
-    for (int32_t page : match.pages) evictable -= pool_.ref_count(page) == 2 ? 1 : 0;
+    if (evictable) {
+      for (int32_t page : match.pages) *evictable -= pool_.ref_count(page) == 2 ? 1 : 0;
+    }
     const int64_t need = peak_pages(seq) - static_cast<int64_t>(match.pages.size());
-    if (committed + need > pool_.num_free() + std::max<int64_t>(0, evictable)) {
+    if (committed + need > pool_.num_free() && !evictable) {
+      evictable = options_.enable_prefix_cache ? cache_.num_evictable_pages() : 0;
+    }
+    if (committed + need > pool_.num_free() + std::max<int64_t>(0, evictable.value_or(0))) {
       for (int32_t page : match.pages) pool_.release(page);  // FCFS: the head waits
       break;
     }
