@@ -1,7 +1,9 @@
 // tessera-router: serves tessera.v1.Router to gateways and tessera.v1.WorkerHub to workers
 // on router.listen; every worker group that attaches gets a scheduler and a step loop.
-// /metrics, /health and /ready (ready = at least one group attached) are on
-// router.metrics_port. SIGTERM/SIGINT stop it.
+// /metrics, /health (every group's step loop makes progress) and /ready (a group serves
+// and the router is not draining) are on router.metrics_port. SIGTERM/SIGINT drain it:
+// new requests are refused, live ones get router.drain_timeout_s to finish, then the
+// workers are detached (they re-dial the next router) and it exits.
 #include <grpcpp/grpcpp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -25,7 +27,7 @@ constexpr const char* kHelp =
     "Schedules every token of every request over the worker groups that attach to it:\n"
     "admission, KV pages, prefix cache, continuous batching. Serves Router (gateways) and\n"
     "WorkerHub (workers) on router.listen, and /metrics, /health, /ready on\n"
-    "router.metrics_port. Exits on SIGTERM/SIGINT.\n"
+    "router.metrics_port. SIGTERM/SIGINT drain it (router.drain_timeout_s), then it exits.\n"
     "\n"
     "Options:\n"
     "  -c, --config FILE   YAML configuration (docs/CONFIGURATION.md); default: built-in defaults\n"
@@ -50,6 +52,10 @@ int serve(const tessera::Config& config) {
   go.max_waiting_requests = config.router.max_waiting_requests;
   go.max_waiting_tokens = static_cast<int64_t>(config.router.max_waiting_tokens);
   go.enable_prefix_cache = config.router.enable_prefix_cache;
+  go.prefill_chunk_tokens = static_cast<int32_t>(config.router.prefill_chunk_tokens);
+  go.step_timeout = std::chrono::seconds(config.router.watchdog_timeout_s);
+  go.worker_timeout = std::chrono::seconds(config.router.worker_timeout_s);
+  go.unattached_wait = std::chrono::seconds(config.router.watchdog_timeout_s);
   router::WorkerHubService hub(go);
   router::RouterService router_service(hub);
 
@@ -61,28 +67,30 @@ int serve(const tessera::Config& config) {
   auto server = builder.BuildAndStart();
   if (!server || port == 0) return cli::fail(kProgram, unavailable("cannot listen on " + config.router.listen));
 
-  auto any_attached = [&] {
-    for (auto& [name, g] : hub.groups()) {
-      if (g->attached()) return true;
-    }
-    return false;
-  };
   auto status = http::StatusServer::start(
       {"0.0.0.0", static_cast<uint16_t>(config.router.metrics_port), std::chrono::milliseconds(5000), 64},
       {{"/metrics",
         [&] {
-          for (auto& [name, g] : hub.groups()) router_metrics.update(name, g->stats());
+          for (router::WorkerGroup* g : hub.groups()) router_metrics.update(g->name(), g->stats());
           return http::Response{200, std::string(metrics::kExpositionContentType), registry.expose()};
         }},
-       {"/health", [&] { return http::text_response(200, "ok\n"); }},
-       {"/ready", [&] { return any_attached() ? http::text_response(200, "ready\n") : http::text_response(503, "no worker group attached\n"); }}});
+       {"/health",
+        [&] { return hub.healthy() ? http::text_response(200, "ok\n") : http::text_response(503, "a step loop is stalled\n"); }},
+       {"/ready", [&] {
+          if (!router_service.admitting()) return http::text_response(503, "draining\n");
+          return hub.any_serving() ? http::text_response(200, "ready\n") : http::text_response(503, "no worker group serving\n");
+        }}});
   if (!status) return cli::fail(kProgram, status.status());
   std::fprintf(stderr, "%s: serving Router and WorkerHub on %s (port %d); /metrics, /health, /ready on port %u\n",
                kProgram, config.router.listen.c_str(), port, (*status)->port());
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "%s: stopping\n", kProgram);
+  std::fprintf(stderr, "%s: draining (up to %u s)\n", kProgram, config.router.drain_timeout_s);
+  router_service.stop_admitting();
+  const bool drained = router_service.wait_drained(std::chrono::seconds(config.router.drain_timeout_s));
+  std::fprintf(stderr, "%s: %s; stopping\n", kProgram, drained ? "drained" : "drain timed out, ending the rest");
+  hub.shutdown("the router is shutting down");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   (*status)->stop();
   return 0;

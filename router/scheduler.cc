@@ -240,6 +240,7 @@ bool Scheduler::try_admit(Plan& plan) {
     num_prompt_tokens_ += seq.num_prompt;
     PlanNewSequence n;
     n.seq_id = seq.seq_id;
+    n.request_id = seq.spec.request_id;
     n.token_ids = seq.tokens;
     n.num_prompt_tokens = seq.num_prompt;
     n.cached_pages = seq.pages;
@@ -352,6 +353,12 @@ std::vector<RequestEvent> Scheduler::fail_running(const Status& error) {
   while (!running_.empty()) events.push_back(finish(*running_.back(), FinishReason::kError, error));
   pending_release_.clear();  // the worker that would have released them is gone
   cache_.clear();
+  return events;
+}
+
+std::vector<RequestEvent> Scheduler::fail_waiting(const Status& error) {
+  std::vector<RequestEvent> events;
+  while (!waiting_.empty()) events.push_back(finish(*waiting_.begin()->second, FinishReason::kError, error));
   return events;
 }
 

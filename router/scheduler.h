@@ -78,6 +78,7 @@ struct PlanNewSequence {
   uint32_t num_cached_tokens = 0;
   uint64_t seed = 0;
   std::shared_ptr<const void> sampling;
+  uint64_t request_id = 0;  // router-side only (queue-time metrics); not sent
 };
 
 struct PlanSlice {
@@ -155,6 +156,8 @@ class Scheduler {
   // The worker group is gone: every request it was running (or had in flight) ends with
   // `error`; waiting requests stay queued; the KV state and prefix cache are forgotten.
   std::vector<RequestEvent> fail_running(const Status& error);
+  // Every waiting request ends with `error` (the group stops taking work).
+  std::vector<RequestEvent> fail_waiting(const Status& error);
 
   SchedulerStats stats() const;
   bool idle() const { return running_.empty() && waiting_.empty() && pending_release_.empty(); }

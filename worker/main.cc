@@ -27,7 +27,8 @@ constexpr const char* kHelp =
     "\n"
     "Holds the model on one device, attaches to the router (worker.router_address) and\n"
     "executes its step plans; serves /metrics, /health and /ready on worker.metrics_port.\n"
-    "Re-dials the router with backoff when the connection breaks; exits on SIGTERM/SIGINT.\n"
+    "Re-dials the router with backoff when the connection breaks. SIGTERM/SIGINT drain it\n"
+    "(the router finishes its requests, up to router.drain_timeout_s); a second one stops it.\n"
     "\n"
     "Options:\n"
     "  -c, --config FILE   YAML configuration (docs/CONFIGURATION.md); default: built-in defaults\n"
@@ -123,19 +124,29 @@ int serve(const tessera::Config& config) {
 
   worker::WorkerSession session(**engine, {config.worker.router_address, config.worker.group, "",
                                            config.model.served_name.empty() ? *path : config.model.served_name,
-                                           std::chrono::milliseconds(100), std::chrono::milliseconds(5000)});
+                                           std::chrono::milliseconds(100), std::chrono::milliseconds(5000),
+                                           std::chrono::milliseconds(config.worker.heartbeat_interval_ms)});
   session_ptr = &session;
+  std::atomic<bool> run_returned{false};
+  // SIGTERM drains: the router finishes this worker's requests and then detaches it for
+  // good (run() returns). A second signal, or router.drain_timeout_s, stops at once.
   std::thread waiter([&] {
     int sig = 0;
     sigwait(&signals, &sig);
+    if (run_returned) return;
     stopping = true;
+    if (session.attached()) {
+      std::fprintf(stderr, "%s: draining (up to %u s)\n", kProgram, config.router.drain_timeout_s);
+      session.drain();
+      const timespec limit{static_cast<time_t>(config.router.drain_timeout_s), 0};
+      sigtimedwait(&signals, nullptr, &limit);
+    }
     session.stop();
   });
   const Status result = session.run();
-  if (!stopping) {  // the router detached us for good: wake the waiting thread
-    stopping = true;
-    pthread_kill(waiter.native_handle(), SIGTERM);
-  }
+  run_returned = true;
+  stopping = true;
+  pthread_kill(waiter.native_handle(), SIGTERM);  // wakes the waiter if it still waits
   waiter.join();
   (*status)->stop();
   session_ptr = nullptr;

@@ -226,6 +226,7 @@ Status Config::validate() const {
   check(router.max_waiting_requests >= 1, "router.max_waiting_requests", "must be at least 1");
   check(router.max_waiting_tokens >= 1, "router.max_waiting_tokens", "must be at least 1");
   check(router.watchdog_timeout_s >= 1, "router.watchdog_timeout_s", "must be at least 1");
+  check(router.worker_timeout_s >= 1, "router.worker_timeout_s", "must be at least 1");
 
   check_address(worker.router_address, "worker.router_address");
   check(!worker.group.empty(), "worker.group", "must not be empty");
@@ -237,6 +238,8 @@ Status Config::validate() const {
             std::to_string(worker.rank) + ")");
   check(worker.num_threads <= 4096, "worker.num_threads", "must be at most 4096");
   check_port(worker.metrics_port, "worker.metrics_port");
+  check(worker.heartbeat_interval_ms >= 10 && worker.heartbeat_interval_ms <= 60000, "worker.heartbeat_interval_ms",
+        "must be in 10..60000 (got " + std::to_string(worker.heartbeat_interval_ms) + ")");
   check(worker.page_size_tokens >= 1 && worker.page_size_tokens <= 1024, "worker.page_size_tokens",
         "must be in 1..1024 (got " + std::to_string(worker.page_size_tokens) + ")");
   check(worker.gpu_memory_utilization > 0.0 && worker.gpu_memory_utilization <= 1.0, "worker.gpu_memory_utilization",

@@ -229,6 +229,10 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "A step loop without progress for this long marks the router unhealthy and fails its in-flight requests."),
       field("router.drain_timeout_s", &C::router, &RouterSettings::drain_timeout_s,
             "On SIGTERM, how long in-flight requests may run before they are aborted."),
+      field("router.worker_timeout_s", &C::router, &RouterSettings::worker_timeout_s,
+            "A worker rank silent this long (no result, no heartbeat) is lost: its group's requests end with an error."),
+      field("router.prefill_chunk_tokens", &C::router, &RouterSettings::prefill_chunk_tokens,
+            "Most prompt tokens one sequence advances per step (chunked prefill); 0: only the step budget bounds it."),
 
       field("worker.router_address", &C::worker, &WorkerSettings::router_address,
             "Router to attach to (`host:port`; a Service name on Kubernetes)."),
@@ -248,6 +252,8 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "Share of GPU memory for weights, activations and the KV pool, in (0, 1]."),
       field("worker.kv_cache_bytes", &C::worker, &WorkerSettings::kv_cache_bytes,
             "KV pool size on CPU in bytes; 0 sizes it automatically."),
+      field("worker.heartbeat_interval_ms", &C::worker, &WorkerSettings::heartbeat_interval_ms,
+            "How often the worker tells its router it is alive (during long steps and while idle)."),
 
       field("logging.level", &C::logging, &LoggingSettings::level, "Least severe level that is written."),
       field("logging.format", &C::logging, &LoggingSettings::format, "`text` for people, `json` for one JSON object per line."),

@@ -2,6 +2,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <algorithm>
 #include <random>
 
 #include "router/worker_codec.h"
@@ -43,26 +44,26 @@ struct EventQueue {
 
 }  // namespace
 
+WorkerGroup* RouterService::place(std::span<const int32_t> prompt, const std::vector<WorkerGroup*>& excluded) {
+  std::vector<WorkerGroup*> serving;
+  std::vector<GroupCandidate> candidates;
+  for (WorkerGroup* g : hub_.groups()) {
+    if (!g->serving() || std::find(excluded.begin(), excluded.end(), g) != excluded.end()) continue;
+    serving.push_back(g);
+    candidates.push_back({g->load(), g->affinity().match(prompt)});
+  }
+  if (serving.empty()) return nullptr;
+  WorkerGroup* g = serving[choose_group(candidates)];
+  g->affinity().record(prompt);
+  return g;
+}
+
 grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                      grpc::ServerWriter<v1::GenerateResponse>* writer) {
   if (request->prompt_token_ids().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "empty prompt"};
-  // The attached group with the least work takes it.
-  WorkerGroup* group = nullptr;
-  int64_t best_load = 0;
-  for (auto& [name, g] : hub_.groups()) {
-    if (!g->attached()) continue;
-    const SchedulerStats s = g->stats();
-    const int64_t load = s.num_running + s.num_waiting;
-    if (!group || load < best_load) {
-      group = g;
-      best_load = load;
-    }
-  }
-  if (!group) return {grpc::StatusCode::UNAVAILABLE, "no worker group is attached to this router"};
-
+  if (!admitting_) return {grpc::StatusCode::UNAVAILABLE, "the router is draining (shutting down)"};
   const v1::SamplingParams& sp = request->sampling();
   RequestSpec spec;
-  spec.request_id = next_id_++;
   spec.prompt.assign(request->prompt_token_ids().begin(), request->prompt_token_ids().end());
   spec.stop.max_tokens = sp.has_max_tokens() ? sp.max_tokens() : 0;
   spec.stop.min_tokens = sp.min_tokens();
@@ -71,97 +72,121 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
   spec.priority = request->priority();
   spec.seed = sp.has_seed() ? sp.seed() : std::random_device{}();
   spec.sampling = sampling_payload(sp);
-  const uint64_t id = spec.request_id;
-  const std::string gateway_id = request->request_id().empty() ? std::to_string(id) : request->request_id();
+  const std::string gateway_id = request->request_id().empty() ? "r" + std::to_string(next_id_++) : request->request_id();
   {
     std::lock_guard lock(mutex_);
-    if (!live_.emplace(gateway_id, std::make_pair(group, id)).second) {
+    if (!live_.emplace(gateway_id, std::make_pair(nullptr, 0)).second) {
       return {grpc::StatusCode::ALREADY_EXISTS, "request " + gateway_id + " is already running"};
     }
   }
-  auto queue = std::make_shared<EventQueue>();
-  group->submit(std::move(spec), [queue](const RequestEvent& e) { queue->push(e); });
+  struct Forget {
+    RouterService* self;
+    const std::string& id;
+    ~Forget() {
+      std::lock_guard lock(self->mutex_);
+      self->live_.erase(id);
+      self->drained_.notify_all();
+    }
+  } forget{this, gateway_id};
 
-  grpc::Status result = grpc::Status::OK;
-  bool done = false;
+  // A request that a group gave back before streaming anything (its worker went away or
+  // it drains: UNAVAILABLE) is placed again on another serving group.
+  std::vector<WorkerGroup*> tried;
+  grpc::Status result = {grpc::StatusCode::UNAVAILABLE, "no worker group is serving on this router"};
   bool streamed = false;
-  while (!done) {
-    std::deque<RequestEvent> batch;
+  for (;;) {
+    WorkerGroup* group = place(spec.prompt, tried);
+    if (!group) return result;
+    tried.push_back(group);
+    const uint64_t id = next_id_++;
+    spec.request_id = id;
     {
-      std::unique_lock lock(queue->mutex);
-      queue->cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return !queue->events.empty(); });
-      batch.swap(queue->events);
+      std::lock_guard lock(mutex_);
+      live_[gateway_id] = {group, id};
     }
-    if (batch.empty() && context->IsCancelled()) {
-      group->abort(id);  // the client is gone: stop computing for it
-      result = {grpc::StatusCode::CANCELLED, "client cancelled"};
-      break;
+    auto queue = std::make_shared<EventQueue>();
+    group->submit(spec, [queue](const RequestEvent& e) { queue->push(e); });
+    bool done = false;
+    bool again = false;
+    while (!done) {
+      std::deque<RequestEvent> batch;
+      {
+        std::unique_lock lock(queue->mutex);
+        queue->cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return !queue->events.empty(); });
+        batch.swap(queue->events);
+      }
+      if (batch.empty() && context->IsCancelled()) {
+        group->abort(id);  // the client is gone: stop computing for it
+        return {grpc::StatusCode::CANCELLED, "client cancelled"};
+      }
+      for (const RequestEvent& e : batch) {
+        // An error before anything was streamed is the call's status (a refused request,
+        // or no worker to run it: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE...);
+        // after tokens went out it is the stream's finish.
+        if (e.finish == FinishReason::kError && !e.token && !streamed && !e.error.is_ok()) {
+          result = to_grpc(e.error);
+          again = e.error.code() == StatusCode::kUnavailable;
+          done = true;
+          break;
+        }
+        v1::GenerateResponse out;
+        out.set_request_id(gateway_id);
+        if (e.token) out.add_token_ids(*e.token);
+        if (e.extra) *out.add_logprobs() = *std::static_pointer_cast<const v1::PositionLogprobs>(e.extra);
+        if (e.finish != FinishReason::kNone) {
+          v1::FinishInfo* f = out.mutable_finished();
+          f->set_reason(to_proto(e.finish));
+          if (!e.error.is_ok()) f->set_error_message(e.error.message());
+          v1::Usage* u = out.mutable_usage();
+          u->set_prompt_tokens(e.num_prompt_tokens);
+          u->set_completion_tokens(e.num_output_tokens);
+          u->set_cached_prompt_tokens(e.num_cached_tokens);
+          done = true;
+        }
+        streamed = true;
+        if (!writer->Write(out)) {
+          group->abort(id);
+          return {grpc::StatusCode::CANCELLED, "client went away"};
+        }
+        if (done) break;
+      }
     }
-    for (const RequestEvent& e : batch) {
-      // An error before anything was streamed is the call's status (a refused request,
-      // or no worker to run it: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE...);
-      // after tokens went out it is the stream's finish.
-      if (e.finish == FinishReason::kError && !e.token && !streamed && !e.error.is_ok()) {
-        result = to_grpc(e.error);
-        done = true;
-        break;
-      }
-      v1::GenerateResponse out;
-      out.set_request_id(gateway_id);
-      if (e.token) out.add_token_ids(*e.token);
-      if (e.extra) *out.add_logprobs() = *std::static_pointer_cast<const v1::PositionLogprobs>(e.extra);
-      if (e.finish != FinishReason::kNone) {
-        v1::FinishInfo* f = out.mutable_finished();
-        f->set_reason(to_proto(e.finish));
-        if (!e.error.is_ok()) f->set_error_message(e.error.message());
-        v1::Usage* u = out.mutable_usage();
-        u->set_prompt_tokens(e.num_prompt_tokens);
-        u->set_completion_tokens(e.num_output_tokens);
-        u->set_cached_prompt_tokens(e.num_cached_tokens);
-        done = true;
-      }
-      streamed = true;
-      if (!writer->Write(out)) {
-        group->abort(id);
-        result = {grpc::StatusCode::CANCELLED, "client went away"};
-        done = true;
-        break;
-      }
-      if (done) break;
-    }
+    if (!again) return streamed ? grpc::Status::OK : result;
   }
-  std::lock_guard lock(mutex_);
-  live_.erase(gateway_id);
-  return result;
+}
+
+void RouterService::stop_admitting() { admitting_ = false; }
+
+bool RouterService::wait_drained(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  return drained_.wait_for(lock, timeout, [&] { return live_.empty(); });
 }
 
 grpc::Status RouterService::Abort(grpc::ServerContext*, const v1::AbortRequest* request, v1::AbortResponse* response) {
   std::lock_guard lock(mutex_);
   auto it = live_.find(request->request_id());
   response->set_found(it != live_.end());
-  if (it != live_.end()) it->second.first->abort(it->second.second);
+  if (it != live_.end() && it->second.first) it->second.first->abort(it->second.second);
   return grpc::Status::OK;
 }
 
 grpc::Status RouterService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*, v1::RouterStats* response) {
-  uint32_t group_id = 0;
-  bool any_attached = false;
-  for (auto& [name, g] : hub_.groups()) {
+  bool any_serving = false;
+  for (WorkerGroup* g : hub_.groups()) {
     const SchedulerStats s = g->stats();
-    const bool attached = g->attached();
-    any_attached = any_attached || attached;
+    any_serving = any_serving || g->serving();
     response->set_num_running(response->num_running() + static_cast<uint32_t>(s.num_running));
     response->set_num_waiting(response->num_waiting() + static_cast<uint32_t>(s.num_waiting));
     response->set_num_waiting_tokens(response->num_waiting_tokens() + static_cast<uint64_t>(s.num_waiting_tokens));
     v1::GroupStats* gs = response->add_groups();
-    gs->set_group_id(++group_id);
-    gs->set_num_attached_ranks(attached ? 1 : 0);
-    gs->set_num_ranks(1);
+    gs->set_group_id(g->id());
+    gs->set_num_attached_ranks(g->num_attached_ranks());
+    gs->set_num_ranks(g->world_size());
     gs->set_num_kv_pages(static_cast<uint64_t>(s.num_pages));
     gs->set_num_kv_pages_used(static_cast<uint64_t>(s.num_used_pages));
     gs->set_num_running(static_cast<uint32_t>(s.num_running));
   }
-  response->set_ready(any_attached);
+  response->set_ready(any_serving && admitting_);
   return grpc::Status::OK;
 }
 

@@ -1,10 +1,17 @@
 // tessera.v1.Router for gateways: Generate streams one request's tokens from the worker
-// group it was placed on (the attached group with the least work), Abort ends a request by
-// id, GetStats reports the groups. A client that goes away is aborted within one polling
-// interval (50 ms), so it stops costing compute.
+// group it was placed on (placement.h: prefix affinity within a load slack), Abort ends a
+// request by id, GetStats reports the groups. A request its group gives back before any
+// token went out (worker lost, group draining) is placed again on another serving group.
+// A client that goes away is aborted within one polling interval (50 ms), so it stops
+// costing compute. Drain: stop_admitting() refuses new requests (UNAVAILABLE) and
+// wait_drained() waits for the live ones to end.
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <span>
+#include <vector>
 #include <map>
 #include <mutex>
 #include <string>
@@ -25,10 +32,19 @@ class RouterService final : public v1::Router::Service {
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::RouterStats* response) override;
 
+  void stop_admitting();
+  bool admitting() const { return admitting_; }
+  // True when no request is live any more (before the timeout).
+  bool wait_drained(std::chrono::milliseconds timeout);
+
  private:
+  WorkerGroup* place(std::span<const int32_t> prompt, const std::vector<WorkerGroup*>& excluded);
+
   WorkerHubService& hub_;
   std::atomic<uint64_t> next_id_{1};
+  std::atomic<bool> admitting_{true};
   std::mutex mutex_;
+  std::condition_variable drained_;
   std::map<std::string, std::pair<WorkerGroup*, uint64_t>> live_;  // gateway id → (group, id)
 };
 

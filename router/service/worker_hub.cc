@@ -1,39 +1,93 @@
 #include "router/service/worker_hub.h"
 
+#include <algorithm>
+
 #include "router/worker_codec.h"
 
 namespace tessera::router {
 
 namespace {
+
 constexpr uint32_t kProtocolVersion = 1;
+// How often the step loop comes round when nothing wakes it.
+constexpr auto kPollInterval = std::chrono::milliseconds(50);
+// A detached rank whose worker does not close its stream within this is cancelled.
+constexpr auto kDetachGrace = std::chrono::seconds(2);
+
+double seconds_between(WorkerGroup::Clock::time_point from, WorkerGroup::Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+std::string ms_text(std::chrono::milliseconds ms) { return std::to_string(ms.count()) + " ms"; }
+
+// A second rank of the group must describe the same model and KV pool as the first.
+std::string shape_mismatch(const v1::WorkerDescription& have, const v1::WorkerDescription& got) {
+  auto differs = [](const char* what, auto a, auto b) {
+    return a == b ? std::string() : std::string(what) + " " + std::to_string(b) + " (the group has " + std::to_string(a) + ")";
+  };
+  for (std::string d : {differs("world size", have.world_size(), got.world_size()),
+                        differs("KV pages", have.num_kv_pages(), got.num_kv_pages()),
+                        differs("page size", have.page_size_tokens(), got.page_size_tokens()),
+                        differs("context length", have.model().context_length_tokens(), got.model().context_length_tokens()),
+                        differs("vocabulary size", have.model().vocab_size(), got.model().vocab_size())}) {
+    if (!d.empty()) return d;
+  }
+  if (have.model().architecture() != got.model().architecture()) {
+    return "architecture " + got.model().architecture() + " (the group has " + have.model().architecture() + ")";
+  }
+  return {};
+}
+
 }  // namespace
 
+// ---------------------------------------------------------------- WorkerGroup
+
+WorkerGroup::WorkerGroup(std::string name, uint32_t id, GroupOptions options)
+    : name_(std::move(name)), id_(id), options_(std::move(options)) {
+  loop_tick_ns_ = Clock::now().time_since_epoch().count();
+  thread_ = std::thread([this] { loop(); });
+}
+
+WorkerGroup::~WorkerGroup() {
+  shutdown("the router is shutting down");
+  thread_.join();
+}
+
 void WorkerGroup::submit(RequestSpec spec, EventCallback on_event) {
+  ++load_;
+  Submit s{std::move(spec), std::move(on_event), Clock::now()};
   {
     std::lock_guard lock(mutex_);
-    inbox_.push_back(Submit{std::move(spec), std::move(on_event), Clock::now()});
+    if (!shutting_down_) {
+      inbox_.push_back(std::move(s));
+      wake_.notify_all();
+      return;
+    }
   }
-  wake_.notify_all();
+  fail_submit(s, unavailable("worker group " + name_ + " is shut down"));
 }
 
 void WorkerGroup::abort(uint64_t request_id) {
-  {
-    std::lock_guard lock(mutex_);
-    inbox_.push_back(Abort{request_id});
-  }
+  std::lock_guard lock(mutex_);
+  inbox_.push_back(Abort{request_id});
   wake_.notify_all();
 }
 
-bool WorkerGroup::claim() {
+bool WorkerGroup::serving() const {
   std::lock_guard lock(mutex_);
-  if (attached_) return false;
-  attached_ = true;
-  return true;
+  return in_session_ && !draining_ && !shutting_down_;
 }
 
-bool WorkerGroup::attached() const {
+uint32_t WorkerGroup::num_attached_ranks() const {
   std::lock_guard lock(mutex_);
-  return attached_;
+  uint32_t n = 0;
+  for (const auto& [r, rank] : ranks_) n += rank->registered && !rank->lost ? 1 : 0;
+  return n;
+}
+
+uint32_t WorkerGroup::world_size() const {
+  std::lock_guard lock(mutex_);
+  return world_size_;
 }
 
 SchedulerStats WorkerGroup::stats() const {
@@ -41,41 +95,227 @@ SchedulerStats WorkerGroup::stats() const {
   return last_stats_;
 }
 
-void WorkerGroup::deliver(const std::vector<RequestEvent>& events) {
-  const Clock::time_point now = Clock::now();
-  for (const RequestEvent& e : events) {
-    if (auto t = timings_.find(e.request_id); t != timings_.end()) {
-      if (e.token) {
-        if (!t->second.first_token) t->second.first_token = now;
-        t->second.last_token = now;
-        ++t->second.num_tokens;
-      }
-      if (e.finish != FinishReason::kNone) {
-        if (options_.metrics) {
-          const Timing& tm = t->second;
-          RequestTimes times;
-          times.e2e = std::chrono::duration<double>(now - tm.arrival).count();
-          if (tm.first_token) {
-            times.first_token = std::chrono::duration<double>(*tm.first_token - tm.arrival).count();
-            if (tm.num_tokens > 1) {
-              times.inter_token =
-                  std::chrono::duration<double>(tm.last_token - *tm.first_token).count() / (tm.num_tokens - 1);
-            }
-          }
-          options_.metrics->observe_finished(e.finish, times);
-        }
-        timings_.erase(t);
-      }
+bool WorkerGroup::healthy() const {
+  const auto tick = Clock::time_point(Clock::duration(loop_tick_ns_.load()));
+  return Clock::now() - tick < options_.step_timeout + std::chrono::seconds(5);
+}
+
+void WorkerGroup::check_liveness() {
+  std::lock_guard lock(mutex_);
+  const auto now = Clock::now();
+  for (auto& [r, rank] : ranks_) {
+    if (rank->lost || !rank->registered) continue;
+    if (rank->detached && now - *rank->detached > kDetachGrace) {
+      rank->context->TryCancel();  // its worker did not close the stream after the Detach
+    } else if (!rank->detached && now - rank->last_seen > options_.worker_timeout) {
+      rank->lost = "rank " + std::to_string(r) + " of group " + name_ + " sent nothing for " +
+                   ms_text(std::chrono::duration_cast<std::chrono::milliseconds>(now - rank->last_seen));
+      rank->context->TryCancel();
+      wake_.notify_all();
     }
-    auto it = callbacks_.find(e.request_id);
-    if (it == callbacks_.end()) continue;
-    it->second(e);
-    if (e.finish != FinishReason::kNone) callbacks_.erase(it);
   }
 }
 
-void WorkerGroup::serve(grpc::ServerContext* context, Stream* stream, const v1::WorkerDescription& worker) {
-  // The scheduler is sized by the worker that attached (its KV pool and step limits).
+void WorkerGroup::shutdown(const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  shutdown_reason_ = reason;
+  wake_.notify_all();
+}
+
+std::optional<std::string> WorkerGroup::lost_rank_locked() const {
+  for (const auto& [r, rank] : ranks_) {
+    if (rank->lost) return rank->lost;
+  }
+  return std::nullopt;
+}
+
+bool WorkerGroup::write(Rank& rank, const v1::RouterMessage& message) { return rank.stream->Write(message); }
+
+void WorkerGroup::fail_submit(Submit& s, const Status& error) {
+  RequestEvent e;
+  e.request_id = s.spec.request_id;
+  e.finish = error.code() == StatusCode::kCancelled ? FinishReason::kAborted : FinishReason::kError;
+  e.error = error;
+  e.num_prompt_tokens = static_cast<uint32_t>(s.spec.prompt.size());
+  s.on_event(e);
+  --load_;
+}
+
+grpc::Status WorkerGroup::attach(grpc::ServerContext* context, Stream* stream, const v1::WorkerDescription& worker) {
+  auto refuse = [&](const std::string& reason) {
+    v1::RouterMessage m;
+    m.mutable_detach()->set_reason(reason);
+    stream->Write(m);
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, reason);
+  };
+  const uint32_t r = worker.rank();
+  auto rank = std::make_shared<Rank>();
+  rank->stream = stream;
+  rank->context = context;
+  rank->description = worker;
+  rank->last_seen = Clock::now();
+  {
+    std::lock_guard lock(mutex_);
+    if (shutting_down_) return refuse("the router is shutting down");
+    if (!ranks_.empty()) {
+      const std::string diff = shape_mismatch(ranks_.begin()->second->description, worker);
+      if (!diff.empty()) return refuse("group " + name_ + ": this worker has " + diff);
+    }
+    if (ranks_.count(r)) return refuse("group " + name_ + " already has rank " + std::to_string(r));
+    world_size_ = worker.world_size();
+    ranks_[r] = rank;
+  }
+  v1::RouterMessage accepted;
+  accepted.mutable_accepted()->set_group_id(id_);
+  const bool sent = stream->Write(accepted);
+  {
+    std::lock_guard lock(mutex_);
+    if (sent) {
+      rank->registered = true;
+    } else {
+      rank->lost = "rank " + std::to_string(r) + " of group " + name_ + " went away while attaching";
+    }
+    wake_.notify_all();
+  }
+  v1::WorkerMessage in;
+  while (sent && stream->Read(&in)) {
+    std::lock_guard lock(mutex_);
+    rank->last_seen = Clock::now();
+    if (in.has_heartbeat()) {
+      if (in.heartbeat().draining() && !rank->draining) {
+        rank->draining = true;
+        draining_ = true;
+        wake_.notify_all();
+      }
+    } else if (in.has_result() || in.has_fault()) {
+      rank->replies.push_back(std::move(in));
+      wake_.notify_all();
+    } else if (in.has_describe()) {
+      rank->lost = "rank " + std::to_string(r) + " of group " + name_ + " described itself twice";
+      wake_.notify_all();
+      break;
+    }
+  }
+  std::unique_lock lock(mutex_);
+  if (!rank->lost) rank->lost = "the worker of rank " + std::to_string(r) + " of group " + name_ + " was lost";
+  wake_.notify_all();
+  released_.wait(lock, [&] { return rank->released; });
+  return grpc::Status::OK;
+}
+
+void WorkerGroup::loop() {
+  for (;;) {
+    loop_tick_ns_ = Clock::now().time_since_epoch().count();
+    {
+      std::lock_guard lock(mutex_);
+      if (shutting_down_ && !in_session_) break;
+    }
+    idle_turn();
+  }
+  // Let every rank go (their calls end) and fail what is still queued.
+  std::deque<std::variant<Submit, Abort>> inbox;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [r, rank] : ranks_) {
+      rank->released = true;
+      rank->context->TryCancel();
+    }
+    ranks_.clear();
+    world_size_ = 0;
+    inbox.swap(inbox_);
+    released_.notify_all();
+  }
+  for (auto& item : inbox) {
+    if (auto* s = std::get_if<Submit>(&item)) fail_submit(*s, unavailable(shutdown_reason_.value_or("shut down")));
+  }
+}
+
+void WorkerGroup::idle_turn() {
+  std::vector<std::pair<Submit, Status>> failed;
+  bool start = false;
+  {
+    std::unique_lock lock(mutex_);
+    wake_.wait_for(lock, kPollInterval);
+    // Ranks that are gone leave; their Attach calls return.
+    for (auto it = ranks_.begin(); it != ranks_.end();) {
+      if (it->second->lost) {
+        it->second->released = true;
+        it = ranks_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    released_.notify_all();
+    if (ranks_.empty()) world_size_ = 0;
+    draining_ = std::any_of(ranks_.begin(), ranks_.end(), [](const auto& kv) { return kv.second->draining; });
+    // Aborts of queued requests, and requests that waited too long for a session.
+    const auto now = Clock::now();
+    std::deque<std::variant<Submit, Abort>> keep;
+    std::vector<uint64_t> aborts;
+    for (auto& item : inbox_) {
+      if (auto* a = std::get_if<Abort>(&item)) aborts.push_back(a->request_id);
+    }
+    for (auto& item : inbox_) {
+      auto* s = std::get_if<Submit>(&item);
+      if (!s) continue;
+      if (std::find(aborts.begin(), aborts.end(), s->spec.request_id) != aborts.end()) {
+        failed.emplace_back(std::move(*s), cancelled("aborted"));
+      } else if (shutting_down_ || now - s->arrival > options_.unattached_wait) {
+        failed.emplace_back(std::move(*s), unavailable("no worker group " + name_ + " serving within " +
+                                                           ms_text(options_.unattached_wait)));
+      } else {
+        keep.push_back(std::move(item));
+      }
+    }
+    inbox_.swap(keep);
+    bool complete = world_size_ > 0 && ranks_.size() == world_size_;
+    for (const auto& [r, rank] : ranks_) complete = complete && rank->registered && !rank->lost && !rank->detached;
+    start = complete && !shutting_down_ && !draining_;
+    if (start) in_session_ = true;
+  }
+  for (auto& [s, st] : failed) fail_submit(s, st);
+  if (start) run_session();
+}
+
+void WorkerGroup::take_inbox(bool refuse, const Status& refusal) {
+  std::deque<std::variant<Submit, Abort>> inbox;
+  {
+    std::lock_guard lock(mutex_);
+    inbox.swap(inbox_);
+  }
+  std::vector<RequestEvent> events;
+  for (auto& item : inbox) {
+    if (auto* s = std::get_if<Submit>(&item)) {
+      if (refuse) {
+        fail_submit(*s, refusal);
+        continue;
+      }
+      const uint64_t id = s->spec.request_id;
+      const Status st = scheduler_->submit(std::move(s->spec));
+      if (!st.is_ok()) {
+        s->spec.request_id = id;
+        fail_submit(*s, st);
+        continue;
+      }
+      callbacks_[id] = std::move(s->on_event);
+      timings_[id] = Timing{s->arrival, std::nullopt, std::nullopt, s->arrival, 0};
+    } else if (auto ev = scheduler_->abort(std::get<Abort>(item).request_id)) {
+      events.push_back(*ev);
+    }
+  }
+  deliver(events);
+}
+
+void WorkerGroup::run_session() {
+  std::vector<std::shared_ptr<Rank>> ranks;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [r, rank] : ranks_) ranks.push_back(rank);
+  }
+  // Sized by the ranks that attached (their KV pool and step limits).
+  const v1::WorkerDescription& worker = ranks.front()->description;
   SchedulerOptions so;
   so.num_pages = static_cast<int32_t>(worker.num_kv_pages());
   so.page_size = static_cast<int32_t>(worker.page_size_tokens());
@@ -87,88 +327,221 @@ void WorkerGroup::serve(grpc::ServerContext* context, Stream* stream, const v1::
   so.max_waiting_tokens = options_.max_waiting_tokens;
   so.enable_prefix_cache = options_.enable_prefix_cache;
   so.eos_token_ids.assign(worker.model().eos_token_ids().begin(), worker.model().eos_token_ids().end());
-  if (!scheduler_ || scheduler_->options().num_pages != so.num_pages ||
-      scheduler_->options().page_size != so.page_size) {
-    scheduler_ = std::make_unique<Scheduler>(so);
-  }
-  Status lost = unavailable("the worker of group " + name_ + " was lost");
-  while (!context->IsCancelled()) {
-    std::deque<std::variant<Submit, Abort>> inbox;
-    {
-      std::unique_lock lock(mutex_);
-      // Sleep only when the scheduler has nothing either.
-      if (scheduler_->idle()) wake_.wait_for(lock, std::chrono::milliseconds(50), [&] { return !inbox_.empty(); });
-      inbox.swap(inbox_);
+  scheduler_ = std::make_unique<Scheduler>(so);
+  affinity_.clear();  // a new KV pool holds no prefixes
+
+  v1::RouterMessage ready;
+  ready.mutable_group_ready();
+  for (auto& rank : ranks) {
+    if (!write(*rank, ready)) {
+      end_session(unavailable("group " + name_ + " lost a rank while starting"));
+      return;
     }
-    std::vector<RequestEvent> events;
-    for (auto& item : inbox) {
-      if (auto* s = std::get_if<Submit>(&item)) {
-        const uint64_t id = s->spec.request_id;
-        const Status st = scheduler_->submit(std::move(s->spec));
-        if (st.is_ok()) {
-          callbacks_[id] = std::move(s->on_event);
-          timings_[id] = Timing{s->arrival, std::nullopt, s->arrival, 0};
-        } else {
-          RequestEvent e;
-          e.request_id = id;
-          e.finish = FinishReason::kError;
-          e.error = st;
-          s->on_event(e);
-        }
-      } else if (auto ev = scheduler_->abort(std::get<Abort>(item).request_id)) {
-        events.push_back(*ev);
+  }
+  const Status draining_refusal = unavailable("worker group " + name_ + " is draining");
+  for (;;) {
+    loop_tick_ns_ = Clock::now().time_since_epoch().count();
+    std::optional<std::string> stop;
+    bool draining = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (shutting_down_) stop = shutdown_reason_;
+      if (!stop) stop = lost_rank_locked();
+      draining = draining_;
+    }
+    if (stop) {
+      end_session(unavailable(*stop));
+      return;
+    }
+    take_inbox(draining, draining_refusal);
+    if (draining) {
+      deliver(scheduler_->fail_waiting(draining_refusal));
+      if (scheduler_->idle()) {
+        end_session(Status::ok());
+        return;
       }
     }
-    deliver(events);
     Plan plan = scheduler_->next_plan();
+    const Clock::time_point planned = Clock::now();
+    for (const PlanNewSequence& n : plan.new_sequences) {
+      if (auto t = timings_.find(n.request_id); t != timings_.end() && !t->second.admitted) t->second.admitted = planned;
+    }
     {
       std::lock_guard lock(mutex_);
       last_stats_ = scheduler_->stats();
     }
-    if (plan.empty()) continue;
-    const Clock::time_point step_start = Clock::now();
-    int64_t step_tokens = 0;
-    for (const PlanSlice& sl : plan.scheduled) step_tokens += sl.num_tokens;
-    v1::RouterMessage out;
-    *out.mutable_plan() = plan_to_proto(plan);
-    if (!stream->Write(out)) break;
-    v1::WorkerMessage in;
-    bool answered = false;
-    while (!answered && stream->Read(&in)) {
-      if (in.has_result()) {
-        if (options_.metrics) {
-          options_.metrics->observe_step(std::chrono::duration<double>(Clock::now() - step_start).count(), step_tokens);
-        }
-        deliver(scheduler_->on_step_result(outcome_from_proto(in.result())));
-        answered = true;
-      } else if (in.has_fault()) {
-        // The worker refused the plan: its view and ours disagree. Start over with a
-        // fresh attachment (the worker forgets everything when the stream ends).
-        lost = internal_error("worker fault in group " + name_ + ": " + in.fault().code() + ": " + in.fault().message());
-        break;
-      }
-      // Heartbeats only prove the worker is alive.
+    if (plan.empty()) {
+      std::unique_lock lock(mutex_);
+      wake_.wait_for(lock, kPollInterval, [&] { return !inbox_.empty() || shutting_down_ || lost_rank_locked() || draining_ != draining; });
+      continue;
     }
-    if (!answered) break;
+    const Status st = run_step(plan);
+    if (!st.is_ok()) {
+      end_session(st);
+      return;
+    }
   }
-  deliver(scheduler_->fail_running(lost));
-  std::lock_guard lock(mutex_);
-  attached_ = false;
-  last_stats_ = scheduler_->stats();
+}
+
+Status WorkerGroup::run_step(const Plan& plan) {
+  std::vector<std::shared_ptr<Rank>> ranks;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [r, rank] : ranks_) ranks.push_back(rank);
+  }
+  const Clock::time_point start = Clock::now();
+  int64_t step_tokens = 0;
+  for (const PlanSlice& sl : plan.scheduled) step_tokens += sl.num_tokens;
+  v1::RouterMessage out;
+  *out.mutable_plan() = plan_to_proto(plan);
+  for (auto& rank : ranks) {
+    if (!write(*rank, out)) return unavailable("the worker of group " + name_ + " went away during a step");
+  }
+  const Clock::time_point deadline = start + options_.step_timeout;
+  std::optional<v1::StepResult> result;  // rank 0's (the first rank's)
+  size_t answered = 0;
+  std::vector<bool> done(ranks.size(), false);
+  {
+    std::unique_lock lock(mutex_);
+    while (answered < ranks.size()) {
+      loop_tick_ns_ = Clock::now().time_since_epoch().count();
+      for (size_t i = 0; i < ranks.size(); ++i) {
+        Rank& rank = *ranks[i];
+        if (rank.lost) return unavailable(*rank.lost);
+        while (!done[i] && !rank.replies.empty()) {
+          v1::WorkerMessage m = std::move(rank.replies.front());
+          rank.replies.pop_front();
+          if (m.has_fault()) {
+            return internal_error("worker fault in group " + name_ + ": " + m.fault().code() + ": " + m.fault().message());
+          }
+          if (m.result().step_id() != plan.step_id) {
+            return internal_error("group " + name_ + " answered step " + std::to_string(m.result().step_id()) +
+                                  " to plan " + std::to_string(plan.step_id));
+          }
+          if (i == 0) result = std::move(*m.mutable_result());
+          done[i] = true;
+          ++answered;
+        }
+      }
+      if (answered == ranks.size()) break;
+      if (shutting_down_) return unavailable(shutdown_reason_.value_or("shut down"));
+      if (Clock::now() >= deadline) {
+        return deadline_exceeded("step " + std::to_string(plan.step_id) + " of group " + name_ +
+                                 " had no answer within " + ms_text(options_.step_timeout) + " (watchdog)");
+      }
+      wake_.wait_until(lock, std::min(deadline, Clock::now() + kPollInterval));
+    }
+  }
+  if (options_.metrics) options_.metrics->observe_step(seconds_between(start, Clock::now()), step_tokens);
+  deliver(scheduler_->on_step_result(outcome_from_proto(*result)));
+  return Status::ok();
+}
+
+void WorkerGroup::end_session(const Status& reason) {
+  deliver(scheduler_->fail_running(reason.is_ok() ? unavailable("group " + name_ + " drained") : reason));
+  deliver(scheduler_->fail_waiting(reason.is_ok() ? unavailable("group " + name_ + " drained") : reason));
+  std::vector<std::shared_ptr<Rank>> ranks;
+  {
+    std::lock_guard lock(mutex_);
+    last_stats_ = scheduler_->stats();
+    last_stats_.num_running = last_stats_.num_waiting = 0;
+    in_session_ = false;
+    for (auto& [r, rank] : ranks_) {
+      if (!rank->lost && !rank->detached) ranks.push_back(rank);
+    }
+  }
+  // The others re-dial (a drained worker exits); their streams close from their side.
+  for (auto& rank : ranks) {
+    v1::RouterMessage m;
+    m.mutable_detach()->set_reason(reason.is_ok() ? "group " + name_ + " drained" : reason.message());
+    m.mutable_detach()->set_final(reason.is_ok() && rank->draining);
+    write(*rank, m);
+    std::lock_guard lock(mutex_);
+    rank->detached = Clock::now();
+  }
+  scheduler_.reset();
+}
+
+void WorkerGroup::deliver(const std::vector<RequestEvent>& events) {
+  const Clock::time_point now = Clock::now();
+  for (const RequestEvent& e : events) {
+    if (auto t = timings_.find(e.request_id); t != timings_.end()) {
+      Timing& tm = t->second;
+      if (e.token) {
+        if (!tm.first_token) tm.first_token = now;
+        tm.last_token = now;
+        ++tm.num_tokens;
+      }
+      if (e.finish != FinishReason::kNone) {
+        if (options_.metrics) {
+          RequestTimes times;
+          times.e2e = seconds_between(tm.arrival, now);
+          if (tm.admitted) times.queue = seconds_between(tm.arrival, *tm.admitted);
+          if (tm.first_token) {
+            times.first_token = seconds_between(tm.arrival, *tm.first_token);
+            if (tm.num_tokens > 1) times.inter_token = seconds_between(*tm.first_token, tm.last_token) / (tm.num_tokens - 1);
+          }
+          options_.metrics->observe_finished(e.finish, times);
+        }
+        timings_.erase(t);
+      }
+    }
+    auto it = callbacks_.find(e.request_id);
+    if (it == callbacks_.end()) continue;
+    it->second(e);
+    if (e.finish != FinishReason::kNone) {
+      callbacks_.erase(it);
+      --load_;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- WorkerHubService
+
+WorkerHubService::WorkerHubService(GroupOptions options) : options_(std::move(options)) {
+  monitor_ = std::thread([this] {
+    while (!stop_) {
+      for (WorkerGroup* g : groups()) g->check_liveness();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+}
+
+WorkerHubService::~WorkerHubService() {
+  stop_ = true;
+  monitor_.join();
 }
 
 WorkerGroup& WorkerHubService::group(const std::string& name) {
   std::lock_guard lock(mutex_);
   auto& g = groups_[name];
-  if (!g) g = std::make_unique<WorkerGroup>(name, options_);
+  if (!g) g = std::make_unique<WorkerGroup>(name, static_cast<uint32_t>(groups_.size()), options_);
   return *g;
 }
 
-std::vector<std::pair<std::string, WorkerGroup*>> WorkerHubService::groups() {
+std::vector<WorkerGroup*> WorkerHubService::groups() {
   std::lock_guard lock(mutex_);
-  std::vector<std::pair<std::string, WorkerGroup*>> out;
-  for (auto& [name, g] : groups_) out.emplace_back(name, g.get());
+  std::vector<WorkerGroup*> out;
+  for (auto& [name, g] : groups_) out.push_back(g.get());
   return out;
+}
+
+bool WorkerHubService::any_serving() {
+  for (WorkerGroup* g : groups()) {
+    if (g->serving()) return true;
+  }
+  return false;
+}
+
+bool WorkerHubService::healthy() {
+  for (WorkerGroup* g : groups()) {
+    if (!g->healthy()) return false;
+  }
+  return true;
+}
+
+void WorkerHubService::shutdown(const std::string& reason) {
+  for (WorkerGroup* g : groups()) g->shutdown(reason);
 }
 
 grpc::Status WorkerHubService::Attach(grpc::ServerContext* context, WorkerGroup::Stream* stream) {
@@ -177,27 +550,23 @@ grpc::Status WorkerHubService::Attach(grpc::ServerContext* context, WorkerGroup:
     return {grpc::StatusCode::INVALID_ARGUMENT, "the first message must describe the worker"};
   }
   const v1::WorkerDescription& d = hello.describe();
-  auto detach = [&](const std::string& reason) {
-    v1::RouterMessage m;
-    m.mutable_detach()->set_reason(reason);
-    stream->Write(m);
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, reason);
-  };
+  std::string problem;
   if (d.protocol_version() != kProtocolVersion) {
-    return detach("protocol version " + std::to_string(d.protocol_version()) + " is not " +
-                  std::to_string(kProtocolVersion));
+    problem = "protocol version " + std::to_string(d.protocol_version()) + " is not " + std::to_string(kProtocolVersion);
+  } else if (d.world_size() < 1 || d.rank() >= d.world_size()) {
+    problem = "rank " + std::to_string(d.rank()) + " is not below world size " + std::to_string(d.world_size());
+  } else if (d.num_kv_pages() == 0 || d.page_size_tokens() == 0 || d.model().context_length_tokens() < 2) {
+    problem = "the description lacks KV pages, page size or context length";
+  } else if (d.group().empty()) {
+    problem = "the description names no group";
   }
-  if (d.world_size() != 1) return detach("multi-rank groups are not supported yet");
-  if (d.num_kv_pages() == 0 || d.page_size_tokens() == 0 || d.model().context_length_tokens() < 2) {
-    return detach("the description lacks KV pages, page size or context length");
+  if (!problem.empty()) {
+    v1::RouterMessage m;
+    m.mutable_detach()->set_reason(problem);
+    stream->Write(m);
+    return {grpc::StatusCode::FAILED_PRECONDITION, problem};
   }
-  WorkerGroup& g = group(d.group());
-  if (!g.claim()) return detach("group " + d.group() + " already has a worker");
-  v1::RouterMessage accepted;
-  accepted.mutable_accepted()->set_group_id(1);
-  stream->Write(accepted);
-  g.serve(context, stream, d);  // a failed write shows up as a broken stream there
-  return grpc::Status::OK;
+  return group(d.group()).attach(context, stream, d);
 }
 
 }  // namespace tessera::router

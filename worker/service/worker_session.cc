@@ -15,6 +15,8 @@ Status WorkerSessionOptions::validate() const {
   if (backoff_initial.count() <= 0 || backoff_max < backoff_initial) {
     return invalid_argument("worker: backoff_initial must be positive and at most backoff_max");
   }
+  if (heartbeat_interval.count() <= 0) return invalid_argument("worker: heartbeat_interval must be positive");
+  if (world_size < 1 || rank >= world_size) return invalid_argument("worker: rank must be below world_size");
   return Status::ok();
 }
 
@@ -33,6 +35,13 @@ void WorkerSession::stop() {
   stopping_ = true;
   std::lock_guard lock(mutex_);
   if (context_) context_->TryCancel();
+  wake_heartbeat_.notify_all();
+}
+
+void WorkerSession::drain() {
+  std::lock_guard lock(mutex_);
+  draining_ = true;
+  wake_heartbeat_.notify_all();
 }
 
 WorkerSessionStats WorkerSession::stats() const {
@@ -80,6 +89,53 @@ Status WorkerSession::serve_once(bool* final_detach) {
   } clear_context{this};
 
   auto stream = stub->Attach(&context);
+  // The step loop (this thread) and the heartbeat thread both write; one at a time.
+  std::mutex write_mutex;
+  auto last_write = std::chrono::steady_clock::now();
+  auto write = [&](const v1::WorkerMessage& m) {
+    std::lock_guard lock(write_mutex);
+    last_write = std::chrono::steady_clock::now();
+    return stream->Write(m);
+  };
+  bool ending = false;  // guarded by mutex_: the heartbeat thread stops
+  std::thread heartbeat([&] {
+    bool told_draining = false;
+    std::unique_lock lock(mutex_);
+    while (!ending && !stopping_) {
+      wake_heartbeat_.wait_for(lock, options_.heartbeat_interval / 4);
+      if (ending || stopping_ || !attached_) continue;
+      const bool drain_news = draining_ && !told_draining;
+      {
+        std::lock_guard wl(write_mutex);
+        if (!drain_news && std::chrono::steady_clock::now() - last_write < options_.heartbeat_interval) continue;
+      }
+      lock.unlock();
+      v1::WorkerMessage m;
+      v1::Heartbeat* hb = m.mutable_heartbeat();
+      hb->set_unix_us(std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::system_clock::now().time_since_epoch()).count());
+      hb->set_current_step_id(current_step_);
+      hb->set_draining(draining_);
+      const bool ok = write(m);
+      lock.lock();
+      if (!ok) break;  // the reading side sees the broken stream
+      told_draining = told_draining || hb->draining();
+      ++stats_.num_heartbeats;
+    }
+  });
+  // Before the stream finishes (no write may race WritesDone/Finish) or goes away.
+  auto stop_heartbeat = [&] {
+    {
+      std::lock_guard lock(mutex_);
+      ending = true;
+    }
+    wake_heartbeat_.notify_all();
+    if (heartbeat.joinable()) heartbeat.join();
+  };
+  struct JoinHeartbeat {
+    decltype(stop_heartbeat)& stop;
+    ~JoinHeartbeat() { stop(); }
+  } join_heartbeat{stop_heartbeat};
   const models::ModelConfig& c = engine_.config();
   v1::WorkerMessage hello;
   v1::WorkerDescription* d = hello.mutable_describe();
@@ -94,8 +150,8 @@ Status WorkerSession::serve_once(bool* final_detach) {
   model->set_bos_token_id(c.bos_token_id);
   model->set_weight_dtype(c.weight_dtype);
   d->set_group(options_.group);
-  d->set_rank(0);
-  d->set_world_size(1);
+  d->set_rank(options_.rank);
+  d->set_world_size(options_.world_size);
   d->set_tensor_parallel_size(1);
   d->set_pipeline_parallel_size(1);
   d->set_num_kv_pages(static_cast<uint64_t>(engine_.num_pages()));
@@ -103,7 +159,7 @@ Status WorkerSession::serve_once(bool* final_detach) {
   d->set_max_step_tokens(static_cast<uint32_t>(engine_.options().max_batch_tokens));
   d->set_max_step_sequences(static_cast<uint32_t>(engine_.options().max_sequences));
   d->set_device(engine_.backend_name());
-  if (!stream->Write(hello)) return unavailable("worker: the router closed the stream before the description");
+  if (!write(hello)) return unavailable("worker: the router closed the stream before the description");
 
   v1::RouterMessage msg;
   bool accepted = false;
@@ -111,14 +167,16 @@ Status WorkerSession::serve_once(bool* final_detach) {
     switch (msg.kind_case()) {
       case v1::RouterMessage::kAccepted: {
         accepted = true;
-        attached_ = true;
         std::lock_guard lock(mutex_);
+        attached_ = true;
         ++stats_.num_attachments;
+        wake_heartbeat_.notify_all();  // a drain asked for before the attachment goes out now
         break;
       }
       case v1::RouterMessage::kGroupReady: break;  // single-rank groups need no collectives
       case v1::RouterMessage::kDetach:
         *final_detach = msg.detach().final();
+        stop_heartbeat();
         stream->WritesDone();
         (void)stream->Finish();
         return Status::ok();
@@ -127,8 +185,10 @@ Status WorkerSession::serve_once(bool* final_detach) {
         if (!accepted) {
           return failed_precondition("worker: a plan arrived before the attachment was accepted");
         }
+        current_step_ = msg.plan().step_id();
         auto input = step_input_from_proto(msg.plan());
         Result<engine::StepOutput> out = input ? engine_.step(*input) : Result<engine::StepOutput>(input.status());
+        current_step_ = 0;
         if (out) {
           *reply.mutable_result() = step_result_to_proto(msg.plan().step_id(), *out);
           std::lock_guard lock(mutex_);
@@ -144,12 +204,13 @@ Status WorkerSession::serve_once(bool* final_detach) {
           std::lock_guard lock(mutex_);
           ++stats_.num_faults;
         }
-        if (!stream->Write(reply)) return unavailable("worker: the stream broke while sending a result");
+        if (!write(reply)) return unavailable("worker: the stream broke while sending a result");
         break;
       }
       case v1::RouterMessage::KIND_NOT_SET: break;
     }
   }
+  stop_heartbeat();
   const grpc::Status st = stream->Finish();
   return unavailable("worker: attachment ended: " + (st.ok() ? std::string("router closed the stream") : st.error_message()));
 }

@@ -4,12 +4,18 @@
 // recomputes them — and dials again with exponential backoff, so a router restart or a
 // network blip needs no worker restart.
 //
+// While attached, a side thread sends a Heartbeat whenever nothing else went out for
+// `heartbeat_interval`, so the router tells a long step from a dead worker. drain() (on
+// SIGTERM) tells the router, which stops admitting to the group, lets its requests finish
+// and then detaches the worker for good; run() then returns OK.
+//
 // Thread: run() blocks on the calling thread, which also runs the engine's steps; stop()
-// may be called from any thread.
+// and drain() may be called from any thread.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +38,10 @@ struct WorkerSessionOptions {
   std::string model_name;      // served model name (ModelInfo.name)
   std::chrono::milliseconds backoff_initial{100};
   std::chrono::milliseconds backoff_max{5000};
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // This worker's place in its group (tensor × pipeline parallel ranks).
+  uint32_t rank = 0;
+  uint32_t world_size = 1;
   [[nodiscard]] Status validate() const;
 };
 
@@ -39,6 +49,7 @@ struct WorkerSessionStats {
   int64_t num_attachments = 0;  // streams opened and accepted
   int64_t num_steps = 0;
   int64_t num_faults = 0;
+  int64_t num_heartbeats = 0;
 };
 
 class WorkerSession {
@@ -49,6 +60,10 @@ class WorkerSession {
   // Serves until the router sends a final Detach (OK) or stop() is called (CANCELLED).
   [[nodiscard]] Status run();
   void stop();
+  // Asks the router to finish this worker's requests and let it go (see above). Returns
+  // at once; run() returns when the router detaches the worker.
+  void drain();
+  bool draining() const { return draining_; }
   WorkerSessionStats stats() const;
   // True while a router has accepted this worker on a live stream.
   bool attached() const { return attached_; }
@@ -61,7 +76,10 @@ class WorkerSession {
   WorkerSessionOptions options_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> attached_{false};
+  std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> current_step_{0};
   mutable std::mutex mutex_;  // guards context_ and stats_
+  std::condition_variable wake_heartbeat_;  // drain() and the end of an attachment
   grpc::ClientContext* context_ = nullptr;  // of the live stream, for stop()
   WorkerSessionStats stats_;
 };

@@ -103,7 +103,7 @@ TEST_CASE("histogram buckets are cumulative, le is inclusive, +Inf equals count 
   CHECK(std::isnan(with_nan.sum));
 }
 
-TEST_CASE("counter ignores negative and NaN increments; gauge moves both ways") {
+TEST_CASE("counter ignores negative and NaN increments, gauge moves both ways") {
   Counter counter;
   counter.inc(2.5);
   counter.inc(-1);

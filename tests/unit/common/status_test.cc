@@ -22,7 +22,7 @@ TEST_CASE("an error Status keeps its code and message and prints the canonical n
   CHECK(s.to_string() == "INVALID_ARGUMENT: temperature must be >= 0");
 }
 
-TEST_CASE("with_context prepends context and keeps the code; OK stays OK", "[status]") {
+TEST_CASE("with_context prepends context and keeps the code, OK stays OK", "[status]") {
   Status s = tessera::not_found("no such file").with_context("loading model.gguf");
   CHECK(s.code() == StatusCode::kNotFound);
   CHECK(s.message() == "loading model.gguf: no such file");

@@ -133,7 +133,7 @@ TEST_CASE("match on an empty cache finds nothing and retains nothing", "[prefix_
   CHECK(pool.num_free() == 8);
 }
 
-TEST_CASE("insert then match returns the cached whole pages; a partial last page is not cached",
+TEST_CASE("insert then match returns the cached whole pages, a partial last page is not cached",
           "[prefix_cache]") {
   PagePool pool(8);
   RadixPrefixCache cache(pool, 4);

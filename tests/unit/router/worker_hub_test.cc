@@ -1,13 +1,15 @@
 // The router's WorkerHub and the worker's Attach session, over real gRPC in one process:
 // requests submitted to a group run on the attached worker's engine with the tokens the
-// engine gives alone; a worker that goes away fails its running requests, and the next
-// one to attach serves the rest.
+// engine gives alone; a worker that goes away fails its requests, and the next one to
+// attach serves what comes next; multi-rank groups, silent and stuck workers (a scripted
+// fake worker on the real wire), re-placement on another group and drain.
 #include "router/service/worker_hub.h"
 #include "router/service/router_service.h"
 
 #include <catch2/catch.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <future>
 #include <map>
@@ -38,17 +40,122 @@ struct Collector {
   std::condition_variable cv;
   std::map<uint64_t, std::vector<int32_t>> tokens;
   std::map<uint64_t, router::FinishReason> finished;
+  std::map<uint64_t, Status> errors;
   router::EventCallback callback() {
     return [this](const router::RequestEvent& e) {
       std::lock_guard lock(mutex);
       if (e.token) tokens[e.request_id].push_back(*e.token);
-      if (e.finish != router::FinishReason::kNone) finished[e.request_id] = e.finish;
+      if (e.finish != router::FinishReason::kNone) {
+        finished[e.request_id] = e.finish;
+        errors[e.request_id] = e.error;
+      }
       cv.notify_all();
     };
+  }
+  bool wait_tokens(uint64_t id, size_t n, std::chrono::seconds timeout) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, timeout, [&] { return tokens[id].size() >= n || finished.count(id); });
   }
   bool wait_finished(size_t n, std::chrono::seconds timeout) {
     std::unique_lock lock(mutex);
     return cv.wait_for(lock, timeout, [&] { return finished.size() >= n; });
+  }
+};
+
+// Polls `done` for up to `timeout`.
+template <typename F>
+bool wait_until(F done, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+worker::WorkerSessionOptions session_options(int port, std::string group, std::string id, uint32_t rank = 0,
+                                             uint32_t world = 1) {
+  worker::WorkerSessionOptions o;
+  o.router_address = "127.0.0.1:" + std::to_string(port);
+  o.group = std::move(group);
+  o.worker_id = std::move(id);
+  o.model_name = "tiny";
+  o.backoff_initial = std::chrono::milliseconds(20);
+  o.backoff_max = std::chrono::milliseconds(200);
+  o.heartbeat_interval = std::chrono::milliseconds(100);
+  o.rank = rank;
+  o.world_size = world;
+  return o;
+}
+
+// The engine alone, greedy: what every router path must reproduce.
+std::vector<int32_t> alone(const std::vector<int32_t>& prompt, uint32_t max_tokens) {
+  auto ref = tiny_engine();
+  engine::GenerationRequest r;
+  r.prompt = prompt;
+  r.sampling.temperature = 0;
+  r.max_tokens = max_tokens;
+  r.ignore_eos = true;
+  engine::OfflineRunner runner(*ref, {});
+  auto out = runner.run({&r, 1});
+  REQUIRE(out.is_ok());
+  return (*out)[0].tokens;
+}
+
+// A worker scripted by the test on the real wire: describes itself, then does only what
+// the test tells it (answer nothing, heartbeat, or hang up).
+struct FakeWorker {
+  std::unique_ptr<v1::WorkerHub::Stub> stub;
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::RouterMessage>> stream;
+  std::atomic<bool> beat{false};
+  std::thread heart;
+
+  FakeWorker(int port, const std::string& group) {
+    stub = v1::WorkerHub::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+    stream = stub->Attach(&context);
+    v1::WorkerMessage hello;
+    v1::WorkerDescription* d = hello.mutable_describe();
+    d->set_protocol_version(1);
+    d->set_worker_id("fake");
+    d->set_group(group);
+    d->set_world_size(1);
+    d->mutable_model()->set_context_length_tokens(2048);
+    d->mutable_model()->set_vocab_size(256);
+    d->mutable_model()->set_architecture("llama");
+    d->set_num_kv_pages(256);
+    d->set_page_size_tokens(4);
+    d->set_max_step_tokens(64);
+    d->set_max_step_sequences(16);
+    REQUIRE(stream->Write(hello));
+    v1::RouterMessage m;
+    REQUIRE(stream->Read(&m));
+    REQUIRE(m.has_accepted());
+    REQUIRE(stream->Read(&m));
+    REQUIRE(m.has_group_ready());
+  }
+  v1::StepPlan read_plan() {
+    v1::RouterMessage m;
+    REQUIRE(stream->Read(&m));
+    REQUIRE(m.has_plan());
+    return m.plan();
+  }
+  // Heartbeats every 50 ms from now on, answering nothing.
+  void start_heartbeats() {
+    beat = true;
+    heart = std::thread([this] {
+      while (beat) {
+        v1::WorkerMessage hb;
+        hb.mutable_heartbeat()->set_current_step_id(1);
+        if (!stream->Write(hb)) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    });
+  }
+  ~FakeWorker() {
+    beat = false;
+    if (heart.joinable()) heart.join();
+    context.TryCancel();
   }
 };
 
@@ -66,7 +173,7 @@ router::RequestSpec greedy_request(uint64_t id, std::vector<int32_t> prompt, uin
 
 }  // namespace
 
-TEST_CASE("requests run on the attached worker with the engine's own tokens; a lost worker fails only running ones",
+TEST_CASE("requests run on the attached worker with the engine's own tokens, a lost worker fails only running ones",
           "[router][worker]") {
   // Reference: each prompt alone on its own engine.
   std::vector<std::vector<int32_t>> prompts;
@@ -116,6 +223,7 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens; a l
   const std::string text = registry.expose();
   CHECK(text.find("tessera_e2e_request_latency_seconds_count 12\n") != std::string::npos);
   CHECK(text.find("tessera_time_to_first_token_seconds_count 12\n") != std::string::npos);
+  CHECK(text.find("tessera_request_queue_time_seconds_count 12\n") != std::string::npos);
   CHECK(text.find("tessera_step_duration_seconds_count 0\n") == std::string::npos);
 
   // The worker goes away mid-generation: long requests (4000 tokens each, both admitted)
@@ -179,8 +287,7 @@ TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel 
   worker::WorkerSession session(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "w1", "tiny",
                                           std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
   auto running = std::async(std::launch::async, [&] { return session.run(); });
-  for (int i = 0; i < 200 && !hub.group("g0").attached(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  REQUIRE(hub.group("g0").attached());
+  REQUIRE(wait_until([&] { return hub.group("g0").serving(); }));
 
   // Eight concurrent streams, each equal to the engine alone.
   std::vector<int32_t> prompt{1, 5, 9, 200, 7, 31};
@@ -264,5 +371,188 @@ TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel 
 
   session.stop();
   REQUIRE(running.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  local.server->Shutdown();
+}
+
+TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its requests, and both rejoin",
+          "[router][worker]") {
+  router::WorkerHubService hub({});
+  auto local = testing::start_local_grpc_server({&hub});
+  router::WorkerGroup& group = hub.group("tp");
+  auto e0 = tiny_engine();
+  auto e1 = tiny_engine();
+  const std::vector<int32_t> prompt{1, 8, 99, 4, 120, 6, 77};
+  const auto want = alone(prompt, 10);
+
+  worker::WorkerSession rank0(*e0, session_options(local.port, "tp", "w0", 0, 2));
+  auto run0 = std::async(std::launch::async, [&] { return rank0.run(); });
+  REQUIRE(wait_until([&] { return group.num_attached_ranks() == 1; }));
+  Collector got;
+  group.submit(greedy_request(1, prompt, 10), got.callback());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK_FALSE(group.serving());  // half a group serves nothing
+  CHECK(got.finished.empty());
+  CHECK(group.world_size() == 2);
+
+  auto rank1 = std::make_unique<worker::WorkerSession>(*e1, session_options(local.port, "tp", "w1", 1, 2));
+  auto run1 = std::async(std::launch::async, [&] { return rank1->run(); });
+  REQUIRE(got.wait_finished(1, std::chrono::seconds(60)));
+  REQUIRE(got.finished[1] == router::FinishReason::kLength);
+  REQUIRE(got.tokens[1] == want);
+  // Every plan went to both ranks.
+  CHECK(rank0.stats().num_steps == rank1->stats().num_steps);
+  CHECK(rank0.stats().num_steps >= 10);
+
+  // Rank 1 goes away mid-request: the group's request fails, rank 0 is detached and
+  // re-dials; a new rank 1 makes the group whole again.
+  Collector lost;
+  group.submit(greedy_request(2, prompt, 4000), lost.callback());
+  REQUIRE(lost.wait_tokens(2, 2, std::chrono::seconds(30)));
+  rank1->stop();
+  REQUIRE(run1.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  REQUIRE(lost.wait_finished(1, std::chrono::seconds(10)));
+  CHECK(lost.finished[2] == router::FinishReason::kError);
+  CHECK(lost.errors[2].code() == StatusCode::kUnavailable);
+  REQUIRE(wait_until([&] { return rank0.stats().num_attachments >= 2; }));
+  CHECK_FALSE(group.serving());
+
+  rank1 = std::make_unique<worker::WorkerSession>(*e1, session_options(local.port, "tp", "w1b", 1, 2));
+  run1 = std::async(std::launch::async, [&] { return rank1->run(); });
+  Collector again;
+  group.submit(greedy_request(3, prompt, 10), again.callback());
+  REQUIRE(again.wait_finished(1, std::chrono::seconds(60)));
+  CHECK(again.tokens[3] == want);
+
+  // A rank that does not fit the group is refused with the reason.
+  {
+    engine::EngineOptions o;
+    o.page_size = 8;
+    o.kv_cache_tokens = 8192;
+    o.max_batch_tokens = 64;
+    o.max_sequences = 16;
+    auto other = testing::load_family("llama3", o);
+    worker::WorkerSession misfit(*other, session_options(local.port, "tp", "w2", 1, 2));
+    auto run2 = std::async(std::launch::async, [&] { return misfit.run(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK(misfit.stats().num_attachments == 0);
+    misfit.stop();
+    REQUIRE(run2.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  }
+  rank0.stop();
+  rank1->stop();
+  REQUIRE(run0.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  REQUIRE(run1.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  hub.shutdown("test over");
+  local.server->Shutdown();
+}
+
+TEST_CASE("a silent worker fails its requests within worker_timeout, a stuck step within the step timeout",
+          "[router][worker]") {
+  router::GroupOptions options;
+  options.worker_timeout = std::chrono::milliseconds(300);
+  options.step_timeout = std::chrono::milliseconds(1500);
+  router::WorkerHubService hub(options);
+  auto local = testing::start_local_grpc_server({&hub});
+  router::WorkerGroup& group = hub.group("g");
+
+  SECTION("no answer and no heartbeat: lost after worker_timeout") {
+    FakeWorker fake(local.port, "g");
+    REQUIRE(wait_until([&] { return group.serving(); }));
+    Collector got;
+    const auto t0 = std::chrono::steady_clock::now();
+    group.submit(greedy_request(1, {1, 2, 3}, 5), got.callback());
+    fake.read_plan();
+    REQUIRE(got.wait_finished(1, std::chrono::seconds(10)));
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    CHECK(got.finished[1] == router::FinishReason::kError);
+    CHECK(got.errors[1].code() == StatusCode::kUnavailable);
+    CHECK(got.errors[1].message().find("sent nothing") != std::string::npos);
+    CHECK(waited < 0.3 + 1.0);
+    CHECK_FALSE(group.serving());
+  }
+  SECTION("heartbeats but no answer: the watchdog fails the step") {
+    FakeWorker fake(local.port, "g");
+    REQUIRE(wait_until([&] { return group.serving(); }));
+    fake.start_heartbeats();
+    Collector got;
+    const auto t0 = std::chrono::steady_clock::now();
+    group.submit(greedy_request(1, {1, 2, 3}, 5), got.callback());
+    REQUIRE(got.wait_finished(1, std::chrono::seconds(10)));
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    CHECK(got.errors[1].code() == StatusCode::kDeadlineExceeded);
+    CHECK(got.errors[1].message().find("watchdog") != std::string::npos);
+    CHECK(waited >= 1.4);  // the heartbeats kept it alive past worker_timeout
+    CHECK(waited < 1.5 + 1.0);
+    CHECK(hub.healthy());  // the loop itself never stalled
+  }
+  hub.shutdown("test over");
+  local.server->Shutdown();
+}
+
+TEST_CASE("a request its group gives back before any token is placed on another group", "[router][worker]") {
+  router::GroupOptions options;
+  options.worker_timeout = std::chrono::milliseconds(300);
+  router::WorkerHubService hub(options);
+  router::RouterService router_service(hub);
+  auto local = testing::start_local_grpc_server({&hub, &router_service});
+  auto engine = tiny_engine();
+  worker::WorkerSession real(*engine, session_options(local.port, "b", "real"));
+  auto running = std::async(std::launch::async, [&] { return real.run(); });
+  REQUIRE(wait_until([&] { return hub.group("b").serving(); }));
+  auto fake = std::make_unique<FakeWorker>(local.port, "a");  // "a": placed first on a tie
+  REQUIRE(wait_until([&] { return hub.group("a").serving(); }));
+
+  const std::vector<int32_t> prompt{1, 17, 3, 250, 9};
+  const auto want = alone(prompt, 8);
+  auto stub = v1::Router::NewStub(grpc::CreateChannel(local.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::GenerateRequest req;
+  req.set_request_id("replaced");
+  req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
+  req.mutable_sampling()->set_temperature(0);
+  req.mutable_sampling()->set_max_tokens(8);
+  req.mutable_sampling()->set_ignore_eos(true);
+  auto reader = stub->Generate(&ctx, req);
+  fake->read_plan();  // group a took it, and goes silent
+  std::vector<int32_t> got;
+  v1::GenerateResponse r;
+  while (reader->Read(&r)) got.insert(got.end(), r.token_ids().begin(), r.token_ids().end());
+  REQUIRE(reader->Finish().ok());
+  CHECK(r.finished().reason() == v1::FINISH_REASON_LENGTH);
+  CHECK(got == want);
+  CHECK(real.stats().num_steps >= 8);
+  fake.reset();
+  real.stop();
+  REQUIRE(running.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  hub.shutdown("test over");
+  local.server->Shutdown();
+}
+
+TEST_CASE("a draining worker finishes its running requests, takes no new ones, then is let go", "[router][worker]") {
+  router::GroupOptions options;
+  options.unattached_wait = std::chrono::milliseconds(200);  // a submission after the drain ends soon
+  router::WorkerHubService hub(options);
+  auto local = testing::start_local_grpc_server({&hub});
+  router::WorkerGroup& group = hub.group("g0");
+  auto engine = tiny_engine();
+  worker::WorkerSession session(*engine, session_options(local.port, "g0", "w"));
+  auto running = std::async(std::launch::async, [&] { return session.run(); });
+  REQUIRE(wait_until([&] { return group.serving(); }));
+  const std::vector<int32_t> prompt{1, 44, 12, 7};
+  const auto want = alone(prompt, 1000);
+  Collector got;
+  group.submit(greedy_request(1, prompt, 1000), got.callback());
+  REQUIRE(got.wait_tokens(1, 1, std::chrono::seconds(30)));
+  session.drain();
+  REQUIRE(wait_until([&] { return !group.serving(); }, std::chrono::seconds(10)));
+  group.submit(greedy_request(2, prompt, 5), got.callback());
+  REQUIRE(got.wait_finished(2, std::chrono::seconds(30)));
+  CHECK(got.finished[1] == router::FinishReason::kLength);
+  CHECK(got.tokens[1] == want);
+  CHECK(got.errors[2].code() == StatusCode::kUnavailable);
+  // The router detached it for good once it was idle: run() returns OK by itself.
+  REQUIRE(running.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  CHECK(running.get().is_ok());
+  hub.shutdown("test over");
   local.server->Shutdown();
 }

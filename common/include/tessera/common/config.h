@@ -71,6 +71,10 @@ struct RouterSettings {
   uint32_t watchdog_timeout_s = 30;
   // On SIGTERM, in-flight requests get this long to finish.
   uint32_t drain_timeout_s = 30;
+  // A worker rank that sends nothing (no result, no heartbeat) for this long is lost.
+  uint32_t worker_timeout_s = 10;
+  // Prefill chunk bound per sequence and step (0: only the step budget bounds it).
+  uint32_t prefill_chunk_tokens = 0;
 };
 
 struct WorkerSettings {
@@ -92,6 +96,8 @@ struct WorkerSettings {
   double gpu_memory_utilization = 0.9;
   // CPU KV pool size; 0: sized from max_num_batched_tokens and the model's context.
   uint64_t kv_cache_bytes = 0;
+  // How often an attached worker proves it is alive when it has nothing else to send.
+  uint32_t heartbeat_interval_ms = 1000;
 };
 
 struct LoggingSettings {

@@ -287,7 +287,7 @@ TEST_CASE("slices with negative and huge steps follow Python", "[chat_template][
         "[-9223372036854775808, -9223372036854775804, -9223372036854775800]|[3, 1, -1]");
 }
 
-TEST_CASE("loop refers to the innermost loop; an outer one is reachable through set", "[chat_template][loops]") {
+TEST_CASE("loop refers to the innermost loop, an outer one is reachable through set", "[chat_template][loops]") {
   // Checked against jinja2 3.1.6.
   CHECK(render("{% for a in [1,2] %}{% for b in 'xy' %}{{ loop.index }}{{ b }}{% endfor %}{{ loop.index }}"
                "{{ loop.last }};{% endfor %}") == "1x2y1False;1x2y2True;");

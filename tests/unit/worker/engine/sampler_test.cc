@@ -262,7 +262,7 @@ TEST_CASE("different seeds give different tokens", "[sampler][determinism]") {
   }
 }
 
-TEST_CASE("the uniform stream is in [0, 1) and looks uniform", "[sampler][determinism]") {
+TEST_CASE("the uniform stream lies in 0 (inclusive) to 1 (exclusive) and looks uniform", "[sampler][determinism]") {
   constexpr int kBins = 10, kDraws = 100000;
   std::vector<double> freq(kBins, 0.0);
   for (uint64_t n = 0; n < kDraws; ++n) {

@@ -36,7 +36,7 @@ TEST_CASE("any slice equals the same range of the whole tensor", "[models][dummy
   for (std::size_t i = 0; i < part.size(); ++i) REQUIRE(part[i] == full[12345 + i]);
 }
 
-TEST_CASE("weights have mean 0 and the configured standard deviation; norms sit near 1", "[models][dummy]") {
+TEST_CASE("weights have mean 0 and the configured standard deviation, norms sit near 1", "[models][dummy]") {
   auto w = whole(linear_spec(), 1);
   double sum = 0, sq = 0;
   for (float x : w) {
