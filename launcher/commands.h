@@ -16,5 +16,6 @@ int run_inspect(const Args& args);
 int run_tokenize(const Args& args);
 int run_detokenize(const Args& args);
 int run_generate(const Args& args);
+int run_loadgen(const Args& args);
 
 }  // namespace tessera::launcher

@@ -18,12 +18,6 @@
 #include "tessera/common/version.h"
 
 namespace tessera::launcher {
-namespace {
-
-// Prefix of this command's error messages.
-constexpr const char* kWho = "tessera generate --benchmark";
-
-using Clock = std::chrono::steady_clock;
 
 // The benchmark's token ids (shared with scripts/bench/cpu_engine_llamacpp.py): skips the
 // first 17 ids, which are special tokens in the test model.
@@ -36,6 +30,13 @@ std::vector<int32_t> workload_prompt(int64_t seq, int64_t n, int64_t vocab) {
   for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = workload_token(seq, i, vocab);
   return ids;
 }
+
+namespace {
+
+// Prefix of this command's error messages.
+constexpr const char* kWho = "tessera generate --benchmark";
+
+using Clock = std::chrono::steady_clock;
 
 // Pages for `tokens` tokens, taken from a counter (each phase starts from an empty cache).
 std::vector<int32_t> take_pages(int32_t* next, int64_t tokens, int64_t page_size) {

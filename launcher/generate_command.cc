@@ -1,6 +1,5 @@
 // `tessera generate`: offline generation in-process (engine + tokenizer, no services),
 // and with --benchmark the engine throughput workload of scripts/bench/cpu-engine.
-#include <charconv>
 #include <chrono>
 #include <filesystem>
 #include <cstdio>
@@ -8,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "launcher/arg_parse.h"
 #include "launcher/commands.h"
 #include "launcher/generate_options.h"
 #include "launcher/model_files.h"
@@ -19,38 +19,6 @@ namespace {
 
 // Prefix of this command's error messages.
 constexpr const char* kWho = "tessera generate";
-
-template <typename T>
-bool parse_number(const std::string& s, T* out) {
-  if constexpr (std::is_floating_point_v<T>) {
-    try {
-      size_t used = 0;
-      const double v = std::stod(s, &used);
-      if (used != s.size()) return false;
-      *out = static_cast<T>(v);
-      return true;
-    } catch (...) {
-      return false;
-    }
-  } else {
-    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
-    return ec == std::errc() && p == s.data() + s.size();
-  }
-}
-
-template <typename T>
-bool parse_list(const std::string& s, std::vector<T>* out) {
-  out->clear();
-  size_t start = 0;
-  while (start <= s.size()) {
-    const size_t comma = std::min(s.find(',', start), s.size());
-    T v{};
-    if (!parse_number(s.substr(start, comma - start), &v)) return false;
-    out->push_back(v);
-    start = comma + 1;
-  }
-  return !out->empty();
-}
 
 }  // namespace
 

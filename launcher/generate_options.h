@@ -38,4 +38,9 @@ struct GenerateOptions {
 GenerateOptions parse_generate_args(const Args& args);
 int run_generate_benchmark(const GenerateOptions& options, const engine::ModelSource& source);
 
+// Token ids of the benchmark workloads (`generate --benchmark`, `loadgen`): prompt `seq`
+// of `n` ids, all ids in [17, vocab) (the test model's first 17 ids are special).
+int32_t workload_token(int64_t seq, int64_t i, int64_t vocab);
+std::vector<int32_t> workload_prompt(int64_t seq, int64_t n, int64_t vocab);
+
 }  // namespace tessera::launcher

@@ -35,6 +35,11 @@ constexpr const char* kHelp =
     "  generate --benchmark [--model MODEL] [--threads N] [--prompt-tokens 512]\n"
     "           [--decode-prompt-tokens 64] [--decode-tokens 128] [--concurrency 1,4,16]\n"
     "                        engine throughput: prefill and decode tok/s, peak RSS (JSON)\n"
+    "  loadgen (--router HOST:PORT | --in-process [--model MODEL] [--threads N])\n"
+    "          [--requests 64] [--concurrency 16] [--prompt-tokens 128]\n"
+    "          [--shared-prefix-tokens 0] [--max-tokens 32] [--vocab 49152]\n"
+    "                        closed-loop load of greedy token-id requests through a router, or\n"
+    "                        on an engine in-process; throughput and TTFT as JSON\n"
     "\n"
     "Options:\n"
     "  -h, --help     show this help and exit\n"
@@ -55,5 +60,6 @@ int main(int argc, char** argv) {
   if (args[0] == "tokenize") return launcher::run_tokenize(args);
   if (args[0] == "detokenize") return launcher::run_detokenize(args);
   if (args[0] == "generate") return launcher::run_generate(args);
+  if (args[0] == "loadgen") return launcher::run_loadgen(args);
   return tessera::cli::usage_error(launcher::kProgram, "unknown command '" + args[0] + "'");
 }

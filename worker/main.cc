@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <cstdio>
 #include <thread>
 
@@ -95,10 +96,28 @@ int serve(const tessera::Config& config) {
   std::atomic<const worker::WorkerSession*> session_ptr{nullptr};
   metrics::Registry registry({{"tier", "worker"}, {"group", config.worker.group}});
   auto& up = registry.gauge("tessera_worker_up", "1 once the model is loaded.");
+  auto& steps = registry.counter("tessera_worker_steps_total", "Step plans executed.");
+  auto& step_seconds = registry.counter("tessera_worker_step_seconds_total",
+                                        "Time spent executing step plans (busy share = its rate).");
+  auto& faults = registry.counter("tessera_worker_faults_total", "Step plans refused (WorkerFault).");
+  auto& attachments = registry.counter("tessera_worker_attachments_total", "Attachments the router accepted.");
+  std::mutex scrape_mutex;
+  worker::WorkerSessionStats scraped;  // what the counters have been advanced to
   auto status = http::StatusServer::start(
       {"0.0.0.0", static_cast<uint16_t>(config.worker.metrics_port), std::chrono::milliseconds(5000), 64},
       {{"/metrics",
-        [&] { return http::Response{200, std::string(metrics::kExpositionContentType), registry.expose()}; }},
+        [&] {
+          if (const worker::WorkerSession* s = session_ptr.load()) {
+            std::lock_guard lock(scrape_mutex);
+            const worker::WorkerSessionStats now = s->stats();
+            steps.get().inc(static_cast<double>(now.num_steps - scraped.num_steps));
+            step_seconds.get().inc(now.step_seconds - scraped.step_seconds);
+            faults.get().inc(static_cast<double>(now.num_faults - scraped.num_faults));
+            attachments.get().inc(static_cast<double>(now.num_attachments - scraped.num_attachments));
+            scraped = now;
+          }
+          return http::Response{200, std::string(metrics::kExpositionContentType), registry.expose()};
+        }},
        {"/health", [&] { return stopping ? http::text_response(503, "stopping\n") : http::text_response(200, "ok\n"); }},
        // Ready: loaded and attached to a router (it can take work); 503 while loading,
        // while the router is unreachable, and while stopping.

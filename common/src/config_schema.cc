@@ -233,6 +233,8 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "A worker rank silent this long (no result, no heartbeat) is lost: its group's requests end with an error."),
       field("router.prefill_chunk_tokens", &C::router, &RouterSettings::prefill_chunk_tokens,
             "Most prompt tokens one sequence advances per step (chunked prefill); 0: only the step budget bounds it."),
+      field("router.overlap", &C::router, &RouterSettings::overlap,
+            "Stream a step's tokens and queue new requests while the worker runs the next step (false: before sending it)."),
 
       field("worker.router_address", &C::worker, &WorkerSettings::router_address,
             "Router to attach to (`host:port`; a Service name on Kubernetes)."),

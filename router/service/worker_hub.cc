@@ -1,6 +1,7 @@
 #include "router/service/worker_hub.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "router/worker_codec.h"
 
@@ -309,13 +310,13 @@ void WorkerGroup::take_inbox(bool refuse, const Status& refusal) {
 }
 
 void WorkerGroup::run_session() {
-  std::vector<std::shared_ptr<Rank>> ranks;
   {
     std::lock_guard lock(mutex_);
-    for (auto& [r, rank] : ranks_) ranks.push_back(rank);
+    session_ranks_.clear();
+    for (auto& [r, rank] : ranks_) session_ranks_.push_back(rank);
   }
   // Sized by the ranks that attached (their KV pool and step limits).
-  const v1::WorkerDescription& worker = ranks.front()->description;
+  const v1::WorkerDescription& worker = session_ranks_.front()->description;
   SchedulerOptions so;
   so.num_pages = static_cast<int32_t>(worker.num_kv_pages());
   so.page_size = static_cast<int32_t>(worker.page_size_tokens());
@@ -332,13 +333,17 @@ void WorkerGroup::run_session() {
 
   v1::RouterMessage ready;
   ready.mutable_group_ready();
-  for (auto& rank : ranks) {
+  for (auto& rank : session_ranks_) {
     if (!write(*rank, ready)) {
       end_session(unavailable("group " + name_ + " lost a rank while starting"));
       return;
     }
   }
   const Status draining_refusal = unavailable("worker group " + name_ + " is draining");
+  // Overlap: the events of step N are streamed, and new requests queued, after plan N+1
+  // went out, while the worker computes it (plan N+1 needs step N's results, so planning
+  // itself cannot overlap; see docs/ROUTER.md).
+  std::vector<RequestEvent> undelivered;
   for (;;) {
     loop_tick_ns_ = Clock::now().time_since_epoch().count();
     std::optional<std::string> stop;
@@ -350,6 +355,7 @@ void WorkerGroup::run_session() {
       draining = draining_;
     }
     if (stop) {
+      deliver(undelivered);
       end_session(unavailable(*stop));
       return;
     }
@@ -357,6 +363,7 @@ void WorkerGroup::run_session() {
     if (draining) {
       deliver(scheduler_->fail_waiting(draining_refusal));
       if (scheduler_->idle()) {
+        deliver(undelivered);
         end_session(Status::ok());
         return;
       }
@@ -371,42 +378,48 @@ void WorkerGroup::run_session() {
       last_stats_ = scheduler_->stats();
     }
     if (plan.empty()) {
+      deliver(std::exchange(undelivered, {}));
       std::unique_lock lock(mutex_);
       wake_.wait_for(lock, kPollInterval, [&] { return !inbox_.empty() || shutting_down_ || lost_rank_locked() || draining_ != draining; });
       continue;
     }
-    const Status st = run_step(plan);
+    if (!options_.overlap) deliver(std::exchange(undelivered, {}));
+    Status st = send_plan(plan);
+    if (st.is_ok()) {
+      deliver(std::exchange(undelivered, {}));  // while the worker computes
+      take_inbox(draining, draining_refusal);
+      auto events = await_result(plan, planned);
+      if (events) undelivered = std::move(*events);
+      st = events.status();
+    }
     if (!st.is_ok()) {
+      deliver(undelivered);
       end_session(st);
       return;
     }
   }
 }
 
-Status WorkerGroup::run_step(const Plan& plan) {
-  std::vector<std::shared_ptr<Rank>> ranks;
-  {
-    std::lock_guard lock(mutex_);
-    for (auto& [r, rank] : ranks_) ranks.push_back(rank);
-  }
-  const Clock::time_point start = Clock::now();
-  int64_t step_tokens = 0;
-  for (const PlanSlice& sl : plan.scheduled) step_tokens += sl.num_tokens;
+Status WorkerGroup::send_plan(const Plan& plan) {
   v1::RouterMessage out;
   *out.mutable_plan() = plan_to_proto(plan);
-  for (auto& rank : ranks) {
+  for (auto& rank : session_ranks_) {
     if (!write(*rank, out)) return unavailable("the worker of group " + name_ + " went away during a step");
   }
-  const Clock::time_point deadline = start + options_.step_timeout;
+  return Status::ok();
+}
+
+Result<std::vector<RequestEvent>> WorkerGroup::await_result(const Plan& plan, Clock::time_point sent) {
+  const Clock::time_point deadline = sent + options_.step_timeout;
   std::optional<v1::StepResult> result;  // rank 0's (the first rank's)
   size_t answered = 0;
-  std::vector<bool> done(ranks.size(), false);
+  std::vector<bool> done(session_ranks_.size(), false);
   {
     std::unique_lock lock(mutex_);
-    while (answered < ranks.size()) {
+    while (answered < session_ranks_.size()) {
       loop_tick_ns_ = Clock::now().time_since_epoch().count();
-      for (size_t i = 0; i < ranks.size(); ++i) {
-        Rank& rank = *ranks[i];
+      for (size_t i = 0; i < session_ranks_.size(); ++i) {
+        Rank& rank = *session_ranks_[i];
         if (rank.lost) return unavailable(*rank.lost);
         while (!done[i] && !rank.replies.empty()) {
           v1::WorkerMessage m = std::move(rank.replies.front());
@@ -423,7 +436,7 @@ Status WorkerGroup::run_step(const Plan& plan) {
           ++answered;
         }
       }
-      if (answered == ranks.size()) break;
+      if (answered == session_ranks_.size()) break;
       if (shutting_down_) return unavailable(shutdown_reason_.value_or("shut down"));
       if (Clock::now() >= deadline) {
         return deadline_exceeded("step " + std::to_string(plan.step_id) + " of group " + name_ +
@@ -432,9 +445,12 @@ Status WorkerGroup::run_step(const Plan& plan) {
       wake_.wait_until(lock, std::min(deadline, Clock::now() + kPollInterval));
     }
   }
-  if (options_.metrics) options_.metrics->observe_step(seconds_between(start, Clock::now()), step_tokens);
-  deliver(scheduler_->on_step_result(outcome_from_proto(*result)));
-  return Status::ok();
+  if (options_.metrics) {
+    int64_t step_tokens = 0;
+    for (const PlanSlice& sl : plan.scheduled) step_tokens += sl.num_tokens;
+    options_.metrics->observe_step(seconds_between(sent, Clock::now()), step_tokens);
+  }
+  return scheduler_->on_step_result(outcome_from_proto(*result));
 }
 
 void WorkerGroup::end_session(const Status& reason) {
@@ -460,6 +476,7 @@ void WorkerGroup::end_session(const Status& reason) {
     rank->detached = Clock::now();
   }
   scheduler_.reset();
+  session_ranks_.clear();
 }
 
 void WorkerGroup::deliver(const std::vector<RequestEvent>& events) {

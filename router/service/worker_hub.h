@@ -52,6 +52,9 @@ struct GroupOptions {
   int64_t max_waiting_requests = 1024;
   int64_t max_waiting_tokens = int64_t{1} << 20;
   bool enable_prefix_cache = true;
+  // Stream step N's events and queue new requests after plan N+1 went out (while the
+  // worker computes) instead of before.
+  bool overlap = true;
   std::chrono::milliseconds step_timeout{30000};     // a plan without every rank's answer
   std::chrono::milliseconds worker_timeout{10000};   // a rank that sends nothing
   std::chrono::milliseconds unattached_wait{30000};  // a request on a group with no session
@@ -134,8 +137,11 @@ class WorkerGroup {
   void run_session();
   // Takes the inbox into the scheduler (or refuses it while draining).
   void take_inbox(bool refuse, const Status& refusal);
-  // Sends the plan to every rank and waits for every answer; the failure ends the session.
-  Status run_step(const Plan& plan);
+  // Sends the plan to every rank of the session.
+  Status send_plan(const Plan& plan);
+  // Waits for every rank's answer (watchdog: step_timeout from `sent`) and applies rank
+  // 0's; returns the events to stream. An error ends the session.
+  Result<std::vector<RequestEvent>> await_result(const Plan& plan, Clock::time_point sent);
   void end_session(const Status& reason);
   void deliver(const std::vector<RequestEvent>& events);
   void fail_submit(Submit& s, const Status& error);
@@ -165,6 +171,7 @@ class WorkerGroup {
 
   // Step loop only.
   std::unique_ptr<Scheduler> scheduler_;
+  std::vector<std::shared_ptr<Rank>> session_ranks_;  // rank order
   std::map<uint64_t, EventCallback> callbacks_;
   std::map<uint64_t, Timing> timings_;
   std::thread thread_;

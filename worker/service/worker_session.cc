@@ -186,9 +186,14 @@ Status WorkerSession::serve_once(bool* final_detach) {
           return failed_precondition("worker: a plan arrived before the attachment was accepted");
         }
         current_step_ = msg.plan().step_id();
+        const auto step_start = std::chrono::steady_clock::now();
         auto input = step_input_from_proto(msg.plan());
         Result<engine::StepOutput> out = input ? engine_.step(*input) : Result<engine::StepOutput>(input.status());
         current_step_ = 0;
+        {
+          std::lock_guard lock(mutex_);
+          stats_.step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+        }
         if (out) {
           *reply.mutable_result() = step_result_to_proto(msg.plan().step_id(), *out);
           std::lock_guard lock(mutex_);

@@ -50,6 +50,7 @@ struct WorkerSessionStats {
   int64_t num_steps = 0;
   int64_t num_faults = 0;
   int64_t num_heartbeats = 0;
+  double step_seconds = 0;  // time spent executing plans (the rest of an attachment is waiting)
 };
 
 class WorkerSession {

@@ -75,6 +75,8 @@ struct RouterSettings {
   uint32_t worker_timeout_s = 10;
   // Prefill chunk bound per sequence and step (0: only the step budget bounds it).
   uint32_t prefill_chunk_tokens = 0;
+  // Stream a step's tokens while the worker runs the next step, not before sending it.
+  bool overlap = true;
 };
 
 struct WorkerSettings {

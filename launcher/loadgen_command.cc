@@ -1,0 +1,248 @@
+// `tessera loadgen`: a closed-loop load of token-id requests, printed as one JSON object.
+//   --router HOST:PORT  through a running router's Router.Generate (C client threads)
+//   --in-process        the same requests on an engine in this process (OfflineRunner with
+//                       at most C running): the baseline without the gRPC tier
+// Request r's prompt is --shared-prefix-tokens ids common to all requests, then unique ids
+// up to --prompt-tokens; every request is greedy, ignores EOS and makes --max-tokens tokens.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "launcher/arg_parse.h"
+#include "launcher/commands.h"
+#include "launcher/generate_options.h"
+#include "launcher/model_files.h"
+#include "tessera/common/cli.h"
+#include "tessera/v1/router.grpc.pb.h"
+#include "worker/engine/offline_runner.h"
+
+namespace tessera::launcher {
+namespace {
+
+constexpr const char* kWho = "tessera loadgen";
+using Clock = std::chrono::steady_clock;
+
+struct LoadgenOptions {
+  std::string router;
+  bool in_process = false;
+  std::string model = "default";
+  int num_threads = 0;
+  int64_t requests = 64;
+  int64_t concurrency = 16;
+  int64_t prompt_tokens = 128;
+  int64_t shared_prefix_tokens = 0;
+  uint32_t max_tokens = 32;
+  int64_t vocab = 49152;  // the test model's
+  std::string error;
+};
+
+LoadgenOptions parse(const Args& args) {
+  LoadgenOptions o;
+  for (size_t i = 1; i < args.size() && o.error.empty(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> std::optional<std::string> {
+      if (i + 1 >= args.size()) {
+        o.error = a + " needs a value";
+        return std::nullopt;
+      }
+      return args[++i];
+    };
+    auto number = [&](auto* out) {
+      auto v = value();
+      if (v && !parse_number(*v, out)) o.error = a + ": '" + *v + "' is not a valid number";
+    };
+    if (a == "--router") {
+      if (auto v = value()) o.router = *v;
+    } else if (a == "--in-process") {
+      o.in_process = true;
+    } else if (a == "--model" || a == "-m") {
+      if (auto v = value()) o.model = *v;
+    } else if (a == "--threads") {
+      number(&o.num_threads);
+    } else if (a == "--requests") {
+      number(&o.requests);
+    } else if (a == "--concurrency") {
+      number(&o.concurrency);
+    } else if (a == "--prompt-tokens") {
+      number(&o.prompt_tokens);
+    } else if (a == "--shared-prefix-tokens") {
+      number(&o.shared_prefix_tokens);
+    } else if (a == "--max-tokens") {
+      number(&o.max_tokens);
+    } else if (a == "--vocab") {
+      number(&o.vocab);
+    } else {
+      o.error = "unknown option '" + a + "'";
+    }
+  }
+  if (!o.error.empty()) return o;
+  if (o.in_process == !o.router.empty()) o.error = "give exactly one of --router HOST:PORT and --in-process";
+  else if (o.requests < 1 || o.concurrency < 1 || o.max_tokens < 1) o.error = "--requests, --concurrency and --max-tokens must be positive";
+  else if (o.prompt_tokens < 1 || o.shared_prefix_tokens < 0 || o.shared_prefix_tokens > o.prompt_tokens) {
+    o.error = "--prompt-tokens must be positive and at least --shared-prefix-tokens";
+  } else if (o.vocab < 18) {
+    o.error = "--vocab must be above 17";
+  }
+  return o;
+}
+
+std::vector<int32_t> prompt_of(const LoadgenOptions& o, int64_t r) {
+  std::vector<int32_t> p = workload_prompt(1'000'000, o.shared_prefix_tokens, o.vocab);
+  const std::vector<int32_t> own = workload_prompt(r, o.prompt_tokens - o.shared_prefix_tokens, o.vocab);
+  p.insert(p.end(), own.begin(), own.end());
+  return p;
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
+}
+
+struct Totals {
+  int64_t ok = 0, errors = 0, output_tokens = 0, cached_prompt_tokens = 0;
+  double wall_s = 0;  // generation only (an in-process model load is not counted)
+  std::vector<double> ttft_s;
+  std::string first_error;
+};
+
+Totals run_router(const LoadgenOptions& o) {
+  auto channel = grpc::CreateChannel(o.router, grpc::InsecureChannelCredentials());
+  auto stub = v1::Router::NewStub(channel);
+  std::atomic<int64_t> next{0};
+  std::mutex mutex;
+  Totals t;
+  std::vector<std::thread> clients;
+  const auto start_all = Clock::now();
+  for (int64_t c = 0; c < std::min(o.concurrency, o.requests); ++c) {
+    clients.emplace_back([&] {
+      for (int64_t r = next++; r < o.requests; r = next++) {
+        v1::GenerateRequest req;
+        req.set_request_id("loadgen-" + std::to_string(r));
+        const std::vector<int32_t> prompt = prompt_of(o, r);
+        req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
+        req.mutable_sampling()->set_temperature(0);
+        req.mutable_sampling()->set_max_tokens(o.max_tokens);
+        req.mutable_sampling()->set_ignore_eos(true);
+        grpc::ClientContext ctx;
+        const auto start = Clock::now();
+        auto reader = stub->Generate(&ctx, req);
+        v1::GenerateResponse resp;
+        std::optional<double> ttft;
+        int64_t tokens = 0, cached = 0;
+        bool finished_ok = false;
+        while (reader->Read(&resp)) {
+          if (!ttft && resp.token_ids_size() > 0) ttft = std::chrono::duration<double>(Clock::now() - start).count();
+          tokens += resp.token_ids_size();
+          if (resp.has_finished()) {
+            cached = resp.usage().cached_prompt_tokens();
+            finished_ok = resp.finished().reason() != v1::FINISH_REASON_ERROR;
+          }
+        }
+        const grpc::Status st = reader->Finish();
+        std::lock_guard lock(mutex);
+        if (st.ok() && finished_ok) {
+          ++t.ok;
+          t.output_tokens += tokens;
+          t.cached_prompt_tokens += cached;
+          if (ttft) t.ttft_s.push_back(*ttft);
+        } else {
+          ++t.errors;
+          if (t.first_error.empty()) t.first_error = st.ok() ? resp.finished().error_message() : st.error_message();
+        }
+      }
+    });
+  }
+  for (auto& c : clients) c.join();
+  t.wall_s = std::chrono::duration<double>(Clock::now() - start_all).count();
+  return t;
+}
+
+Result<Totals> run_in_process(const LoadgenOptions& o) {
+  auto where = locate_model(o.model);
+  if (!where) return where.status();
+  engine::EngineOptions eo;  // what tessera-worker uses by default
+  eo.num_threads = o.num_threads;
+  eo.max_batch_tokens = 8192;
+  eo.max_sequences = 256;
+  auto engine = engine::Engine::load({where->path, engine::LoadFormat::kAuto, 0}, eo);
+  if (!engine) return engine.status();
+  std::vector<engine::GenerationRequest> requests(static_cast<size_t>(o.requests));
+  for (int64_t r = 0; r < o.requests; ++r) {
+    auto& q = requests[static_cast<size_t>(r)];
+    q.prompt = prompt_of(o, r);
+    q.sampling.temperature = 0;
+    q.max_tokens = o.max_tokens;
+    q.ignore_eos = true;
+  }
+  engine::OfflineRunnerOptions ro;
+  ro.max_running = o.concurrency;
+  engine::OfflineRunner runner(**engine, ro);
+  const auto start = Clock::now();
+  auto out = runner.run(requests);
+  if (!out) return out.status();
+  Totals t;
+  t.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  for (const auto& g : *out) {
+    if (g.error.is_ok()) {
+      ++t.ok;
+      t.output_tokens += static_cast<int64_t>(g.tokens.size());
+    } else {
+      ++t.errors;
+      if (t.first_error.empty()) t.first_error = g.error.message();
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
+int run_loadgen(const Args& args) {
+  const LoadgenOptions o = parse(args);
+  if (!o.error.empty()) return cli::usage_error(kProgram, "loadgen: " + o.error);
+  Totals t;
+  if (o.in_process) {
+    auto r = run_in_process(o);
+    if (!r) return cli::fail(kWho, r.status());
+    t = std::move(*r);
+  } else {
+    t = run_router(o);
+  }
+  const double wall = t.wall_s;
+  nlohmann::ordered_json j;
+  j["mode"] = o.in_process ? "in-process" : "router";
+  j["requests"] = o.requests;
+  j["concurrency"] = o.concurrency;
+  j["prompt_tokens"] = o.prompt_tokens;
+  j["shared_prefix_tokens"] = o.shared_prefix_tokens;
+  j["max_tokens"] = o.max_tokens;
+  j["ok"] = t.ok;
+  j["errors"] = t.errors;
+  if (!t.first_error.empty()) j["first_error"] = t.first_error;
+  j["wall_s"] = wall;
+  j["requests_per_s"] = static_cast<double>(t.ok) / wall;
+  j["output_tokens_per_s"] = static_cast<double>(t.output_tokens) / wall;
+  j["total_tokens_per_s"] = static_cast<double>(t.output_tokens + t.ok * o.prompt_tokens) / wall;
+  j["cached_prompt_tokens"] = t.cached_prompt_tokens;
+  if (!t.ttft_s.empty()) {
+    double sum = 0;
+    for (double v : t.ttft_s) sum += v;
+    j["ttft_mean_s"] = sum / static_cast<double>(t.ttft_s.size());
+    j["ttft_p50_s"] = percentile(t.ttft_s, 0.5);
+    j["ttft_p99_s"] = percentile(t.ttft_s, 0.99);
+  }
+  std::printf("%s\n", j.dump().c_str());
+  return t.errors == 0 ? 0 : 1;
+}
+
+}  // namespace tessera::launcher
