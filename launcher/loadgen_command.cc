@@ -1,7 +1,7 @@
 // `tessera loadgen`: a closed-loop load of token-id requests, printed as one JSON object.
 //   --router HOST:PORT  through a running router's Router.Generate (C client threads)
-//   --in-process        the same requests on an engine in this process (OfflineRunner with
-//                       at most C running): the baseline without the gRPC tier
+//   --in-process        the same requests, scheduler and engine in this process and thread
+//                       (no gRPC, no processes): the baseline the tier is compared with
 // Request r's prompt is --shared-prefix-tokens ids common to all requests, then unique ids
 // up to --prompt-tokens; every request is greedy, ignores EOS and makes --max-tokens tokens.
 #include <grpcpp/grpcpp.h>
@@ -24,7 +24,10 @@
 #include "launcher/model_files.h"
 #include "tessera/common/cli.h"
 #include "tessera/v1/router.grpc.pb.h"
-#include "worker/engine/offline_runner.h"
+#include "router/scheduler.h"
+#include "router/worker_codec.h"
+#include "worker/engine/engine.h"
+#include "worker/service/plan_codec.h"
 
 namespace tessera::launcher {
 namespace {
@@ -112,6 +115,7 @@ double percentile(std::vector<double> v, double q) {
 struct Totals {
   int64_t ok = 0, errors = 0, output_tokens = 0, cached_prompt_tokens = 0;
   double wall_s = 0;  // generation only (an in-process model load is not counted)
+  int64_t steps = 0;  // engine steps (in-process only)
   std::vector<double> ttft_s;
   std::string first_error;
 };
@@ -168,6 +172,9 @@ Totals run_router(const LoadgenOptions& o) {
   return t;
 }
 
+// The tier without its transport: the router's Scheduler drives an Engine in this thread,
+// plans and results going through the same codecs as over gRPC. Closed loop: C requests
+// are submitted, and each finish submits the next.
 Result<Totals> run_in_process(const LoadgenOptions& o) {
   auto where = locate_model(o.model);
   if (!where) return where.status();
@@ -175,33 +182,76 @@ Result<Totals> run_in_process(const LoadgenOptions& o) {
   eo.num_threads = o.num_threads;
   eo.max_batch_tokens = 8192;
   eo.max_sequences = 256;
-  auto engine = engine::Engine::load({where->path, engine::LoadFormat::kAuto, 0}, eo);
-  if (!engine) return engine.status();
-  std::vector<engine::GenerationRequest> requests(static_cast<size_t>(o.requests));
-  for (int64_t r = 0; r < o.requests; ++r) {
-    auto& q = requests[static_cast<size_t>(r)];
-    q.prompt = prompt_of(o, r);
-    q.sampling.temperature = 0;
-    q.max_tokens = o.max_tokens;
-    q.ignore_eos = true;
-  }
-  engine::OfflineRunnerOptions ro;
-  ro.max_running = o.concurrency;
-  engine::OfflineRunner runner(**engine, ro);
-  const auto start = Clock::now();
-  auto out = runner.run(requests);
-  if (!out) return out.status();
-  Totals t;
-  t.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
-  for (const auto& g : *out) {
-    if (g.error.is_ok()) {
-      ++t.ok;
-      t.output_tokens += static_cast<int64_t>(g.tokens.size());
-    } else {
-      ++t.errors;
-      if (t.first_error.empty()) t.first_error = g.error.message();
+  auto loaded = engine::Engine::load({where->path, engine::LoadFormat::kAuto, 0}, eo);
+  if (!loaded) return loaded.status();
+  engine::Engine& engine = **loaded;
+  router::SchedulerOptions so;  // what a router group uses by default
+  so.num_pages = static_cast<int32_t>(engine.num_pages());
+  so.page_size = static_cast<int32_t>(engine.page_size());
+  so.max_context_tokens = static_cast<int32_t>(engine.config().max_position_embeddings);
+  so.max_num_seqs = 256;
+  so.max_batch_tokens = 8192;
+  so.eos_token_ids = engine.config().eos_token_ids;
+  v1::SamplingParams greedy;
+  greedy.set_temperature(0);
+  auto run = [&](int64_t first_id, int64_t count, auto prompt_for, uint32_t max_tokens, Totals* t) -> Status {
+    router::Scheduler scheduler(so);
+    std::vector<Clock::time_point> submitted(static_cast<size_t>(count));
+    std::vector<bool> seen(static_cast<size_t>(count), false);
+    int64_t next = 0, finished = 0;
+    auto submit = [&]() -> Status {
+      router::RequestSpec spec;
+      spec.request_id = static_cast<uint64_t>(first_id + next);
+      spec.prompt = prompt_for(next);
+      spec.stop.max_tokens = max_tokens;
+      spec.stop.ignore_eos = true;
+      spec.sampling = router::sampling_payload(greedy);
+      submitted[static_cast<size_t>(next)] = Clock::now();
+      ++next;
+      return scheduler.submit(std::move(spec));
+    };
+    while (next < std::min(count, o.concurrency)) TESSERA_RETURN_IF_ERROR(submit());
+    while (finished < count) {
+      const router::Plan plan = scheduler.next_plan();
+      if (plan.empty()) return internal_error("loadgen: the scheduler made no progress");
+      auto input = worker::step_input_from_proto(router::plan_to_proto(plan));
+      if (!input) return input.status();
+      auto out = engine.step(*input);
+      if (!out) return out.status();
+      ++t->steps;
+      const auto events = scheduler.on_step_result(router::outcome_from_proto(worker::step_result_to_proto(plan.step_id, *out)));
+      for (const router::RequestEvent& e : events) {
+        const auto i = static_cast<size_t>(static_cast<int64_t>(e.request_id) - first_id);
+        if (e.token) {
+          ++t->output_tokens;
+          if (!seen[i]) t->ttft_s.push_back(std::chrono::duration<double>(Clock::now() - submitted[i]).count());
+          seen[i] = true;
+        }
+        if (e.finish == router::FinishReason::kNone) continue;
+        ++finished;
+        if (e.finish == router::FinishReason::kError) {
+          ++t->errors;
+          if (t->first_error.empty()) t->first_error = e.error.message();
+        } else {
+          ++t->ok;
+        }
+        if (next < count) TESSERA_RETURN_IF_ERROR(submit());
+      }
     }
-  }
+    // The finished sequences' releases ride on the next plan: send it.
+    const router::Plan last = scheduler.next_plan();
+    if (last.empty()) return Status::ok();
+    auto input = worker::step_input_from_proto(router::plan_to_proto(last));
+    if (!input) return input.status();
+    return engine.step(*input).status();
+  };
+  // Warm-up, as a tier gets before it is measured: first touches of weights and KV pages.
+  Totals warm;
+  TESSERA_RETURN_IF_ERROR(run(1'000'000, 8, [&](int64_t r) { return workload_prompt(2'000'000 + r, 32, o.vocab); }, 8, &warm));
+  Totals t;
+  const auto start = Clock::now();
+  TESSERA_RETURN_IF_ERROR(run(0, o.requests, [&](int64_t r) { return prompt_of(o, r); }, o.max_tokens, &t));
+  t.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
   return t;
 }
 
@@ -234,6 +284,7 @@ int run_loadgen(const Args& args) {
   j["output_tokens_per_s"] = static_cast<double>(t.output_tokens) / wall;
   j["total_tokens_per_s"] = static_cast<double>(t.output_tokens + t.ok * o.prompt_tokens) / wall;
   j["cached_prompt_tokens"] = t.cached_prompt_tokens;
+  if (o.in_process) j["engine_steps"] = t.steps;
   if (!t.ttft_s.empty()) {
     double sum = 0;
     for (double v : t.ttft_s) sum += v;

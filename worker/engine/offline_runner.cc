@@ -78,6 +78,8 @@ Result<std::vector<GenerationResult>> OfflineRunner::run(std::span<const Generat
       Running run{i, next_id++, static_cast<int64_t>(r.prompt.size()), 0, static_cast<int64_t>(r.prompt.size()), {}};
       run.pages.assign(free_pages.end() - pages, free_pages.end());
       free_pages.resize(free_pages.size() - static_cast<size_t>(pages));
+      // Ascending page ids: attention then walks each sequence's KV forward in memory.
+      std::sort(run.pages.begin(), run.pages.end());
       in.new_sequences.push_back({run.seq_id, r.prompt, static_cast<uint32_t>(r.prompt.size()), r.sampling, {}, 0});
       running.push_back(std::move(run));
       waiting.pop_front();

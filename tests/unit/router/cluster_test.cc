@@ -2,7 +2,8 @@
 // model (SmolLM2, CPU), driven over gRPC like a gateway drives them. Concurrent requests
 // give each request's greedy tokens alone; aborting half frees their KV; a killed worker
 // fails its requests within a bound and a new worker brings the router back; a second
-// worker group attached under load takes requests with none dropped.
+// worker group attached under load takes requests with none dropped; SIGTERM drains a
+// worker and a router without losing the request in flight.
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -127,6 +128,7 @@ class Cluster {
     return i;
   }
   Process& worker(size_t i) { return *workers_[i]; }
+  Process& router() { return *router_; }
   v1::RouterStats stats() {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -387,4 +389,46 @@ TEST_CASE("router + worker processes: a second group attached under load takes r
   // Both groups were running requests at the end of the second window.
   CHECK(s.groups(0).num_running() > 0);
   CHECK(s.groups(1).num_running() > 0);
+}
+
+TEST_CASE("router + worker processes: SIGTERM drains the router and the worker without losing a request",
+          "[cluster]") {
+  Cluster cluster;
+  cluster.start_worker("g0", 2);
+  REQUIRE(cluster.wait_serving(1));
+  std::atomic<int> streamed{0};
+  // The worker drains first: its running request finishes, then it exits by itself.
+  auto running = std::async(std::launch::async, [&] {
+    return cluster.generate("drain-worker", prompt_of(300, 16), 150, [&](size_t n) { streamed = static_cast<int>(n); });
+  });
+  const auto until = Clock::now() + std::chrono::seconds(60);
+  while (streamed < 2 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  REQUIRE(streamed >= 2);
+  cluster.worker(0).kill(SIGTERM);
+  const Outcome finished = running.get();
+  REQUIRE(finished.status.ok());
+  CHECK(finished.reason == v1::FINISH_REASON_LENGTH);
+  CHECK(finished.tokens.size() == 150);
+  CHECK(cluster.worker(0).wait() == 0);
+  CHECK(cluster.worker(0).log().find("draining") != std::string::npos);
+
+  // The router drains: a request in flight finishes, a new one is refused, it exits 0.
+  cluster.start_worker("g0", 2);
+  REQUIRE(cluster.wait_serving(1));
+  streamed = 0;
+  running = std::async(std::launch::async, [&] {
+    return cluster.generate("drain-router", prompt_of(301, 16), 60, [&](size_t n) { streamed = static_cast<int>(n); });
+  });
+  while (streamed < 2 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  REQUIRE(streamed >= 2);
+  cluster.router().kill(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const Outcome refused = cluster.generate("too-late", short_prompt(1), 4);
+  CHECK(refused.status.error_code() == grpc::StatusCode::UNAVAILABLE);
+  const Outcome last = running.get();
+  REQUIRE(last.status.ok());
+  CHECK(last.reason == v1::FINISH_REASON_LENGTH);
+  CHECK(last.tokens.size() == 60);
+  CHECK(cluster.router().wait() == 0);
+  CHECK(cluster.router().log().find("drained") != std::string::npos);
 }
