@@ -2,8 +2,9 @@
 //   --router HOST:PORT  through a running router's Router.Generate (C client threads)
 //   --in-process        the same requests, scheduler and engine in this process and thread
 //                       (no gRPC, no processes): the baseline the tier is compared with
-// Request r's prompt is --shared-prefix-tokens ids common to all requests, then unique ids
-// up to --prompt-tokens; every request is greedy, ignores EOS and makes --max-tokens tokens.
+// Request r's prompt is --shared-prefix-tokens ids common to all requests, then ids unique
+// to r + --first-request up to --prompt-tokens; every request is greedy, ignores EOS and
+// makes --max-tokens tokens. --no-prefix-cache turns the in-process scheduler's cache off.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -46,6 +47,8 @@ struct LoadgenOptions {
   int64_t shared_prefix_tokens = 0;
   uint32_t max_tokens = 32;
   int64_t vocab = 49152;  // the test model's
+  int64_t first_request = 0;  // prompts differ by request index: a new offset, new prompts
+  bool prefix_cache = true;   // --in-process: the scheduler's prefix cache (the router's default)
   std::string error;
 };
 
@@ -84,6 +87,10 @@ LoadgenOptions parse(const Args& args) {
       number(&o.max_tokens);
     } else if (a == "--vocab") {
       number(&o.vocab);
+    } else if (a == "--first-request") {
+      number(&o.first_request);
+    } else if (a == "--no-prefix-cache") {
+      o.prefix_cache = false;
     } else {
       o.error = "unknown option '" + a + "'";
     }
@@ -101,7 +108,7 @@ LoadgenOptions parse(const Args& args) {
 
 std::vector<int32_t> prompt_of(const LoadgenOptions& o, int64_t r) {
   std::vector<int32_t> p = workload_prompt(1'000'000, o.shared_prefix_tokens, o.vocab);
-  const std::vector<int32_t> own = workload_prompt(r, o.prompt_tokens - o.shared_prefix_tokens, o.vocab);
+  const std::vector<int32_t> own = workload_prompt(o.first_request + r, o.prompt_tokens - o.shared_prefix_tokens, o.vocab);
   p.insert(p.end(), own.begin(), own.end());
   return p;
 }
@@ -132,7 +139,7 @@ Totals run_router(const LoadgenOptions& o) {
     clients.emplace_back([&] {
       for (int64_t r = next++; r < o.requests; r = next++) {
         v1::GenerateRequest req;
-        req.set_request_id("loadgen-" + std::to_string(r));
+        req.set_request_id("loadgen-" + std::to_string(o.first_request + r));
         const std::vector<int32_t> prompt = prompt_of(o, r);
         req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
         req.mutable_sampling()->set_temperature(0);
@@ -192,6 +199,7 @@ Result<Totals> run_in_process(const LoadgenOptions& o) {
   so.max_num_seqs = 256;
   so.max_batch_tokens = 8192;
   so.eos_token_ids = engine.config().eos_token_ids;
+  so.enable_prefix_cache = o.prefix_cache;
   v1::SamplingParams greedy;
   greedy.set_temperature(0);
   auto run = [&](int64_t first_id, int64_t count, auto prompt_for, uint32_t max_tokens, Totals* t) -> Status {
@@ -229,6 +237,7 @@ Result<Totals> run_in_process(const LoadgenOptions& o) {
         }
         if (e.finish == router::FinishReason::kNone) continue;
         ++finished;
+        t->cached_prompt_tokens += e.num_cached_tokens;
         if (e.finish == router::FinishReason::kError) {
           ++t->errors;
           if (t->first_error.empty()) t->first_error = e.error.message();
@@ -276,6 +285,7 @@ int run_loadgen(const Args& args) {
   j["prompt_tokens"] = o.prompt_tokens;
   j["shared_prefix_tokens"] = o.shared_prefix_tokens;
   j["max_tokens"] = o.max_tokens;
+  j["first_request"] = o.first_request;
   j["ok"] = t.ok;
   j["errors"] = t.errors;
   if (!t.first_error.empty()) j["first_error"] = t.first_error;

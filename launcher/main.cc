@@ -38,6 +38,7 @@ constexpr const char* kHelp =
     "  loadgen (--router HOST:PORT | --in-process [--model MODEL] [--threads N])\n"
     "          [--requests 64] [--concurrency 16] [--prompt-tokens 128]\n"
     "          [--shared-prefix-tokens 0] [--max-tokens 32] [--vocab 49152]\n"
+    "          [--first-request 0] [--no-prefix-cache]\n"
     "                        closed-loop load of greedy token-id requests through a router, or\n"
     "                        on an engine in-process; throughput and TTFT as JSON\n"
     "\n"

@@ -77,8 +77,13 @@ class Tier:
         self.router.wait()
 
 
+_first = [0]
+
+
 def loadgen(tessera, args):
-    r = subprocess.run([tessera, "loadgen"] + args, capture_output=True, text=True)
+    # Every run gets prompts no earlier run used, so no prefix cache serves them by accident.
+    _first[0] += 100000
+    r = subprocess.run([tessera, "loadgen", "--first-request", str(_first[0])] + args, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"bench/router-tier: loadgen {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
     return json.loads(r.stdout)
@@ -98,7 +103,7 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     tessera = f"{a.build}/launcher/tessera"
 
@@ -131,6 +136,7 @@ def main():
             t.add_worker("g0", a.threads)
             loadgen(tessera, ["--router", f"127.0.0.1:{t.grpc}"] + w(8, 8, 32, 8))  # warm-up
         alone = ["--in-process", "--model", a.model, "--threads", str(a.threads)]
+        alone_nocache = alone + ["--no-prefix-cache"]
         for name, wl in workloads.items():
             runs = {"alone": [], "on": [], "off": []}
             for _ in range(a.repeats):
@@ -140,13 +146,13 @@ def main():
             results["alone"][name] = best(runs["alone"])
             results["tier"][name] = best(runs["on"])
             results["overlap"][name] = {"true": best(runs["on"]), "false": best(runs["off"])}
-        runs = {"alone": [], "on": [], "off": []}
+        runs = {"alone on": [], "alone off": [], "on": [], "off": []}
         for _ in range(a.repeats):
-            runs["alone"].append(loadgen(tessera, alone + shared))
+            runs["alone on"].append(loadgen(tessera, alone + shared))
+            runs["alone off"].append(loadgen(tessera, alone_nocache + shared))
             runs["on"].append(on_tier(on, tessera, shared))
             runs["off"].append(on_tier(nocache, tessera, shared))
-        results["alone"]["shared prefix"] = best(runs["alone"])
-        results["prefix"] = {"on": best(runs["on"]), "off": best(runs["off"])}
+        results["prefix"] = {k: best(v) for k, v in runs.items()}
     finally:
         for t in (on, off, nocache):
             t.close()
@@ -183,12 +189,11 @@ def main():
     print(f"\n### Prefix cache, shared system prompt (64 req, c=16, 448 shared + 64 own prompt tokens, 16 out)\n")
     print("| configuration | req/s | total tok/s | TTFT p50 (s) | cached prompt tokens |")
     print("|---|---|---|---|---|")
-    al = results["alone"]["shared prefix"]
-    print(f"| engine alone (no cache) | {f(al['requests_per_s'], 2)} | {f(al['total_tokens_per_s'])} | | |")
-    for k in ("off", "on"):
+    for k, label in (("alone off", "in-process, cache off"), ("alone on", "in-process, cache on"),
+                     ("off", "router + worker, cache off"), ("on", "router + worker, cache on")):
         r = results["prefix"][k]
-        print(f"| router, prefix cache {k} | {f(r['requests_per_s'], 2)} | {f(r['total_tokens_per_s'])}"
-              f" | {f(r.get('ttft_p50_s', 0), 3)} | {r['cached_prompt_tokens']} |")
+        print(f"| {label} | {f(r['requests_per_s'], 2)} | {f(r['total_tokens_per_s'])}"
+              f" | {f(r.get('ttft_p50_s', 0), 3)} | {r['cached_prompt_tokens'] or ''} |")
     print(f"\nspeed-up of the prefix cache: "
           f"{f(results['prefix']['on']['requests_per_s'] / results['prefix']['off']['requests_per_s'], 2)}x requests/s\n")
     print("### Step overlap (stream step N's tokens while the worker runs step N+1)\n")
