@@ -457,6 +457,7 @@ void WorkerGroup::end_session(const Status& reason) {
   deliver(scheduler_->fail_running(reason.is_ok() ? unavailable("group " + name_ + " drained") : reason));
   deliver(scheduler_->fail_waiting(reason.is_ok() ? unavailable("group " + name_ + " drained") : reason));
   std::vector<std::shared_ptr<Rank>> ranks;
+  std::deque<std::variant<Submit, Abort>> inbox;
   {
     std::lock_guard lock(mutex_);
     last_stats_ = scheduler_->stats();
@@ -465,6 +466,12 @@ void WorkerGroup::end_session(const Status& reason) {
     for (auto& [r, rank] : ranks_) {
       if (!rank->lost && !rank->detached) ranks.push_back(rank);
     }
+    inbox.swap(inbox_);
+  }
+  // Requests that had not reached the scheduler go back too (the router service places
+  // them on another group, or says none serves), rather than waiting for this one.
+  for (auto& item : inbox) {
+    if (auto* s = std::get_if<Submit>(&item)) fail_submit(*s, reason.is_ok() ? unavailable("group " + name_ + " drained") : reason);
   }
   // The others re-dial (a drained worker exits); their streams close from their side.
   for (auto& rank : ranks) {

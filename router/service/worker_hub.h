@@ -19,7 +19,8 @@
 //
 // Threads: submit()/abort()/stats()/serving() from any thread; the scheduler belongs to
 // the step loop. A request submitted while the group has no session waits up to
-// `unattached_wait` for one, then fails with UNAVAILABLE.
+// `unattached_wait` for one, then fails with UNAVAILABLE; when a session ends, everything
+// submitted to it (queued, running or not yet taken in) ends at once.
 #pragma once
 
 #include <atomic>

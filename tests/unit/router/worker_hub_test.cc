@@ -73,6 +73,34 @@ bool wait_until(F done, std::chrono::milliseconds timeout = std::chrono::seconds
   return true;
 }
 
+// A session's run() on its own thread; leaving the scope (a failed REQUIRE included) stops
+// the session and waits for it, so a failing test cannot hang on a running worker.
+struct Background {
+  worker::WorkerSession* session = nullptr;
+  std::future<Status> result;
+  Background(worker::WorkerSession* s, std::future<Status> f) : session(s), result(std::move(f)) {}
+  Background(Background&&) = default;
+  Background& operator=(Background&& other) {
+    stop();
+    session = other.session;
+    result = std::move(other.result);
+    return *this;
+  }
+  ~Background() { stop(); }
+  void stop() {
+    if (result.valid() && result.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+      session->stop();
+      result.wait();
+    }
+  }
+  std::future_status wait_for(std::chrono::seconds d) { return result.wait_for(d); }
+  Status get() { return result.get(); }
+};
+
+Background run_in_background(worker::WorkerSession& s) {
+  return {&s, std::async(std::launch::async, [&s] { return s.run(); })};
+}
+
 worker::WorkerSessionOptions session_options(int port, std::string group, std::string id, uint32_t rank = 0,
                                              uint32_t world = 1) {
   worker::WorkerSessionOptions o;
@@ -139,6 +167,11 @@ struct FakeWorker {
     REQUIRE(stream->Read(&m));
     REQUIRE(m.has_plan());
     return m.plan();
+  }
+  void beat_once() {
+    v1::WorkerMessage hb;
+    hb.mutable_heartbeat()->set_current_step_id(0);
+    REQUIRE(stream->Write(hb));
   }
   // Heartbeats every 50 ms from now on, answering nothing.
   void start_heartbeats() {
@@ -212,7 +245,7 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens, a l
   auto engine = tiny_engine();
   worker::WorkerSession session(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "w1", "tiny",
                                           std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
-  auto running = std::async(std::launch::async, [&] { return session.run(); });
+  auto running = run_in_background(session);
   REQUIRE(got.wait_finished(prompts.size(), std::chrono::seconds(60)));
   for (size_t i = 0; i < prompts.size(); ++i) {
     INFO("request " << i + 1);
@@ -244,7 +277,7 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens, a l
   group.submit(greedy_request(200, prompts[3], 10), after.callback());
   worker::WorkerSession second(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "w2", "tiny",
                                          std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
-  auto running2 = std::async(std::launch::async, [&] { return second.run(); });
+  auto running2 = run_in_background(second);
   REQUIRE(after.wait_finished(1, std::chrono::seconds(60)));
   REQUIRE(after.tokens[200] == want[3]);
   second.stop();
@@ -286,7 +319,7 @@ TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel 
   auto engine = tiny_engine();
   worker::WorkerSession session(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "w1", "tiny",
                                           std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
-  auto running = std::async(std::launch::async, [&] { return session.run(); });
+  auto running = run_in_background(session);
   REQUIRE(wait_until([&] { return hub.group("g0").serving(); }));
 
   // Eight concurrent streams, each equal to the engine alone.
@@ -385,7 +418,7 @@ TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its 
   const auto want = alone(prompt, 10);
 
   worker::WorkerSession rank0(*e0, session_options(local.port, "tp", "w0", 0, 2));
-  auto run0 = std::async(std::launch::async, [&] { return rank0.run(); });
+  auto run0 = run_in_background(rank0);
   REQUIRE(wait_until([&] { return group.num_attached_ranks() == 1; }));
   Collector got;
   group.submit(greedy_request(1, prompt, 10), got.callback());
@@ -395,7 +428,7 @@ TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its 
   CHECK(group.world_size() == 2);
 
   auto rank1 = std::make_unique<worker::WorkerSession>(*e1, session_options(local.port, "tp", "w1", 1, 2));
-  auto run1 = std::async(std::launch::async, [&] { return rank1->run(); });
+  auto run1 = run_in_background(*rank1);
   REQUIRE(got.wait_finished(1, std::chrono::seconds(60)));
   REQUIRE(got.finished[1] == router::FinishReason::kLength);
   REQUIRE(got.tokens[1] == want);
@@ -418,7 +451,7 @@ TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its 
   CHECK_FALSE(group.serving());
 
   rank1 = std::make_unique<worker::WorkerSession>(*e1, session_options(local.port, "tp", "w1b", 1, 2));
-  run1 = std::async(std::launch::async, [&] { return rank1->run(); });
+  run1 = run_in_background(*rank1);
   Collector again;
   group.submit(greedy_request(3, prompt, 10), again.callback());
   REQUIRE(again.wait_finished(1, std::chrono::seconds(60)));
@@ -433,7 +466,7 @@ TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its 
     o.max_sequences = 16;
     auto other = testing::load_family("llama3", o);
     worker::WorkerSession misfit(*other, session_options(local.port, "tp", "w2", 1, 2));
-    auto run2 = std::async(std::launch::async, [&] { return misfit.run(); });
+    auto run2 = run_in_background(misfit);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     CHECK(misfit.stats().num_attachments == 0);
     misfit.stop();
@@ -459,6 +492,7 @@ TEST_CASE("a silent worker fails its requests within worker_timeout, a stuck ste
   SECTION("no answer and no heartbeat: lost after worker_timeout") {
     FakeWorker fake(local.port, "g");
     REQUIRE(wait_until([&] { return group.serving(); }));
+    fake.beat_once();  // the 300 ms start now
     Collector got;
     const auto t0 = std::chrono::steady_clock::now();
     group.submit(greedy_request(1, {1, 2, 3}, 5), got.callback());
@@ -498,13 +532,14 @@ TEST_CASE("a request its group gives back before any token is placed on another 
   auto local = testing::start_local_grpc_server({&hub, &router_service});
   auto engine = tiny_engine();
   worker::WorkerSession real(*engine, session_options(local.port, "b", "real"));
-  auto running = std::async(std::launch::async, [&] { return real.run(); });
+  auto running = run_in_background(real);
   REQUIRE(wait_until([&] { return hub.group("b").serving(); }));
-  auto fake = std::make_unique<FakeWorker>(local.port, "a");  // "a": placed first on a tie
-  REQUIRE(wait_until([&] { return hub.group("a").serving(); }));
-
   const std::vector<int32_t> prompt{1, 17, 3, 250, 9};
   const auto want = alone(prompt, 8);
+  // Silent from the start: group a is lost 300 ms after it attaches, so the request must
+  // reach it within that (it goes to "a", first on a tie, at once).
+  auto fake = std::make_unique<FakeWorker>(local.port, "a");
+  REQUIRE(wait_until([&] { return hub.group("a").serving(); }));
   auto stub = v1::Router::NewStub(grpc::CreateChannel(local.address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   v1::GenerateRequest req;
@@ -537,7 +572,7 @@ TEST_CASE("a draining worker finishes its running requests, takes no new ones, t
   router::WorkerGroup& group = hub.group("g0");
   auto engine = tiny_engine();
   worker::WorkerSession session(*engine, session_options(local.port, "g0", "w"));
-  auto running = std::async(std::launch::async, [&] { return session.run(); });
+  auto running = run_in_background(session);
   REQUIRE(wait_until([&] { return group.serving(); }));
   const std::vector<int32_t> prompt{1, 44, 12, 7};
   const auto want = alone(prompt, 1000);
