@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "tessera/v1/router.grpc.pb.h"
+#include "generate_request.h"
 #include "worker/engine/engine_fixtures.h"
 
 using namespace tessera;
@@ -151,12 +152,7 @@ class Cluster {
   Outcome generate(const std::string& id, const std::vector<int32_t>& prompt, uint32_t max_tokens,
                    std::function<void(size_t)> on_token = {}) {
     grpc::ClientContext ctx;
-    v1::GenerateRequest req;
-    req.set_request_id(id);
-    req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
-    req.mutable_sampling()->set_temperature(0);
-    req.mutable_sampling()->set_max_tokens(max_tokens);
-    req.mutable_sampling()->set_ignore_eos(true);
+    const v1::GenerateRequest req = testing::greedy_generate_request(id, prompt, max_tokens);
     auto reader = stub_->Generate(&ctx, req);
     Outcome o;
     v1::GenerateResponse r;

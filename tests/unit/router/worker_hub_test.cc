@@ -18,6 +18,7 @@
 
 #include "router/worker_codec.h"
 #include "local_grpc_server.h"
+#include "generate_request.h"
 #include "worker/engine/engine_fixtures.h"
 #include "worker/engine/offline_runner.h"
 #include "worker/service/worker_session.h"
@@ -295,12 +296,7 @@ TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel 
   auto generate = [&](const std::string& id, std::vector<int32_t> prompt, uint32_t max_tokens,
                       std::vector<int32_t>* tokens, v1::GenerateResponse* last) {
     grpc::ClientContext ctx;
-    v1::GenerateRequest req;
-    req.set_request_id(id);
-    req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
-    req.mutable_sampling()->set_temperature(0);
-    req.mutable_sampling()->set_max_tokens(max_tokens);
-    req.mutable_sampling()->set_ignore_eos(true);
+    const v1::GenerateRequest req = testing::greedy_generate_request(id, prompt, max_tokens);
     auto reader = stub->Generate(&ctx, req);
     v1::GenerateResponse r;
     while (reader->Read(&r)) {
@@ -374,12 +370,7 @@ TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel 
   // A client that cancels mid-stream stops costing compute: its request leaves the group.
   {
     grpc::ClientContext ctx;
-    v1::GenerateRequest req;
-    req.set_request_id("cancelled");
-    req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
-    req.mutable_sampling()->set_temperature(0);
-    req.mutable_sampling()->set_max_tokens(4000);
-    req.mutable_sampling()->set_ignore_eos(true);
+    const v1::GenerateRequest req = testing::greedy_generate_request("cancelled", prompt, 4000);
     auto reader = stub->Generate(&ctx, req);
     v1::GenerateResponse r;
     REQUIRE(reader->Read(&r));
@@ -542,12 +533,7 @@ TEST_CASE("a request its group gives back before any token is placed on another 
   REQUIRE(wait_until([&] { return hub.group("a").serving(); }));
   auto stub = v1::Router::NewStub(grpc::CreateChannel(local.address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
-  v1::GenerateRequest req;
-  req.set_request_id("replaced");
-  req.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
-  req.mutable_sampling()->set_temperature(0);
-  req.mutable_sampling()->set_max_tokens(8);
-  req.mutable_sampling()->set_ignore_eos(true);
+  const v1::GenerateRequest req = testing::greedy_generate_request("replaced", prompt, 8);
   auto reader = stub->Generate(&ctx, req);
   fake->read_plan();  // group a took it, and goes silent
   std::vector<int32_t> got;
