@@ -207,7 +207,7 @@ router::RequestSpec greedy_request(uint64_t id, std::vector<int32_t> prompt, uin
 
 }  // namespace
 
-TEST_CASE("requests run on the attached worker with the engine's own tokens, a lost worker fails only running ones",
+TEST_CASE("requests run on the attached worker with the engine's own tokens, a lost worker fails its requests",
           "[router][worker]") {
   // Reference: each prompt alone on its own engine.
   std::vector<std::vector<int32_t>> prompts;
