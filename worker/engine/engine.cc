@@ -192,7 +192,12 @@ Result<StepOutput> Engine::step(const StepInput& in) {
     seq.num_computed = s.num_cached_tokens;
     seq.pages = s.cached_pages;
     const std::span<const int32_t> all(s.token_ids);
-    seq.sampler = std::make_unique<SequenceSampler>(s.sampling, vocab, all.first(s.num_prompt_tokens),
+    SamplingOptions sampling = s.sampling;
+    if (sampling.min_tokens > 0) {  // EOS is barred before min_tokens as the stop ids are
+      const auto& eos = config().eos_token_ids;
+      sampling.banned_before_min_tokens.insert(sampling.banned_before_min_tokens.end(), eos.begin(), eos.end());
+    }
+    seq.sampler = std::make_unique<SequenceSampler>(std::move(sampling), vocab, all.first(s.num_prompt_tokens),
                                                     all.subspan(s.num_prompt_tokens));
     sequences_[s.seq_id] = std::move(seq);
   }

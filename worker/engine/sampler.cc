@@ -503,6 +503,11 @@ Result<SampleResult> SequenceSampler::sample(std::span<float> logits) {
   }
 
   apply_bias_and_penalties(logits);
+  if (num_output_tokens_ < options_.min_tokens) {
+    for (int32_t id : options_.banned_before_min_tokens) {
+      if (id >= 0 && static_cast<uint32_t>(id) < vocab_size_) logits[static_cast<std::size_t>(id)] = kNegInf;
+    }
+  }
 
   const int32_t token = options_.temperature < kMinTemperature
                             ? argmax(logits)

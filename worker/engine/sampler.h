@@ -1,7 +1,7 @@
 // SequenceSampler: turns one row of logits into the next token of one sequence.
 //
 // Processing order:
-//   logit_bias → repetition penalty → presence/frequency penalties →
+//   logit_bias → repetition penalty → presence/frequency penalties → min_tokens ban →
 //   greedy argmax (temperature == 0) or temperature → top-k → top-p → min-p → draw.
 // The penalties follow HF/vLLM (repetition) and OpenAI (presence/frequency). Logprobs
 // are taken from the raw row as passed in, before any of that (vLLM v1's default "raw
@@ -42,6 +42,11 @@ struct SamplingOptions {
   float frequency_penalty = 0.0f;   // [-2, 2], OpenAI semantics, output tokens only
   // Added to the raw logit; [-100, 100] each, token ids inside the vocabulary, each id once.
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // Until min_tokens tokens are out, these ids cannot be sampled (their logits are -inf):
+  // the request's stop token ids, plus the model's EOS ids (the engine adds them). Ids
+  // outside the vocabulary are ignored.
+  uint32_t min_tokens = 0;
+  std::vector<int32_t> banned_before_min_tokens;
   uint64_t seed = 0;
   bool logprobs = false;
   uint32_t num_top_logprobs = 0;  // 0..20; needs logprobs (as OpenAI's top_logprobs does)

@@ -19,6 +19,8 @@ engine::SamplingOptions sampling_from_proto(const v1::SamplingParams& p, uint64_
   for (const auto& [id, bias] : p.logit_bias()) o.logit_bias.emplace_back(id, bias);
   // A map's order is unspecified; the sampler's result must not depend on it.
   std::sort(o.logit_bias.begin(), o.logit_bias.end());
+  o.min_tokens = p.min_tokens();
+  if (o.min_tokens > 0) o.banned_before_min_tokens.assign(p.stop_token_ids().begin(), p.stop_token_ids().end());
   o.seed = seed;
   o.logprobs = p.logprobs();
   o.num_top_logprobs = p.logprobs() ? p.top_logprobs() : 0;

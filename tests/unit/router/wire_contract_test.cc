@@ -66,6 +66,17 @@ TEST_CASE("sampling defaults: unset temperature is 1, do_sample=false is greedy"
   REQUIRE(worker::sampling_from_proto(sp, 0).num_top_logprobs == 0);
 }
 
+TEST_CASE("min_tokens bars the request's stop ids from sampling until then", "[codec]") {
+  v1::SamplingParams sp;
+  sp.add_stop_token_ids(42);
+  sp.add_stop_token_ids(7);
+  REQUIRE(worker::sampling_from_proto(sp, 0).banned_before_min_tokens.empty());  // no min_tokens
+  sp.set_min_tokens(5);
+  const engine::SamplingOptions o = worker::sampling_from_proto(sp, 0);
+  REQUIRE(o.min_tokens == 5);
+  REQUIRE(o.banned_before_min_tokens == std::vector<int32_t>{42, 7});
+}
+
 TEST_CASE("page ids beyond int32 are refused", "[codec]") {
   v1::StepPlan plan;
   plan.add_scheduled()->add_new_pages(0x80000000u);

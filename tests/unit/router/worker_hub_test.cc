@@ -81,12 +81,6 @@ struct Background {
   std::future<Status> result;
   Background(worker::WorkerSession* s, std::future<Status> f) : session(s), result(std::move(f)) {}
   Background(Background&&) = default;
-  Background& operator=(Background&& other) {
-    stop();
-    session = other.session;
-    result = std::move(other.result);
-    return *this;
-  }
   ~Background() { stop(); }
   void stop() {
     if (result.valid() && result.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
@@ -418,14 +412,14 @@ TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its 
   CHECK(got.finished.empty());
   CHECK(group.world_size() == 2);
 
-  auto rank1 = std::make_unique<worker::WorkerSession>(*e1, session_options(local.port, "tp", "w1", 1, 2));
-  auto run1 = run_in_background(*rank1);
+  worker::WorkerSession rank1(*e1, session_options(local.port, "tp", "w1", 1, 2));
+  auto run1 = run_in_background(rank1);
   REQUIRE(got.wait_finished(1, std::chrono::seconds(60)));
   REQUIRE(got.finished[1] == router::FinishReason::kLength);
   REQUIRE(got.tokens[1] == want);
   // Every plan went to both ranks (the last one, releasing the finished sequence, may
   // still be running when the finish is streamed).
-  CHECK(wait_until([&] { return rank0.stats().num_steps == rank1->stats().num_steps; }));
+  CHECK(wait_until([&] { return rank0.stats().num_steps == rank1.stats().num_steps; }));
   CHECK(rank0.stats().num_steps >= 10);
 
   // Rank 1 goes away mid-request: the group's request fails, rank 0 is detached and
@@ -433,7 +427,7 @@ TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its 
   Collector lost;
   group.submit(greedy_request(2, prompt, 4000), lost.callback());
   REQUIRE(lost.wait_tokens(2, 2, std::chrono::seconds(30)));
-  rank1->stop();
+  rank1.stop();
   REQUIRE(run1.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
   REQUIRE(lost.wait_finished(1, std::chrono::seconds(10)));
   CHECK(lost.finished[2] == router::FinishReason::kError);
@@ -441,8 +435,8 @@ TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its 
   REQUIRE(wait_until([&] { return rank0.stats().num_attachments >= 2; }));
   CHECK_FALSE(group.serving());
 
-  rank1 = std::make_unique<worker::WorkerSession>(*e1, session_options(local.port, "tp", "w1b", 1, 2));
-  run1 = run_in_background(*rank1);
+  worker::WorkerSession rank1b(*e1, session_options(local.port, "tp", "w1b", 1, 2));
+  auto run1b = run_in_background(rank1b);
   Collector again;
   group.submit(greedy_request(3, prompt, 10), again.callback());
   REQUIRE(again.wait_finished(1, std::chrono::seconds(60)));
@@ -464,9 +458,9 @@ TEST_CASE("a two-rank group serves once both ranks attach, losing one fails its 
     REQUIRE(run2.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
   }
   rank0.stop();
-  rank1->stop();
+  rank1b.stop();
   REQUIRE(run0.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
-  REQUIRE(run1.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  REQUIRE(run1b.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
   hub.shutdown("test over");
   local.server->Shutdown();
 }

@@ -444,6 +444,38 @@ TEST_CASE("logit bias of +100 forces a token and -100 bans one", "[sampler][logi
   CHECK(sample_token(s, row) != argmax);
 }
 
+TEST_CASE("before min_tokens the barred ids (stop ids, EOS) cannot be sampled, after it they can",
+          "[sampler][min_tokens]") {
+  auto row = random_row(300, 5, 1.0f);
+  row[7] = 50.0f;   // "EOS": by far the most likely
+  row[9] = 49.0f;   // a stop id, next
+  SamplingOptions o = greedy();
+  o.min_tokens = 3;
+  o.banned_before_min_tokens = {7, 9, 5000};  // an id outside the vocabulary is ignored
+  o.logprobs = true;
+  SequenceSampler s(o, 300, {});
+  for (int i = 0; i < 3; ++i) {
+    auto copy = row;
+    auto r = s.sample(copy);
+    REQUIRE(r.is_ok());
+    CHECK(r->token_id != 7);
+    CHECK(r->token_id != 9);
+    CHECK(r->top.empty());  // logprobs stay those of the raw row (top_logprobs is 0 here)
+  }
+  CHECK(sample_token(s, row) == 7);
+  // A sampler rebuilt after preemption with 3 earlier outputs is past min_tokens already.
+  SequenceSampler resumed(o, 300, {}, std::vector<int32_t>{1, 2, 3});
+  CHECK(sample_token(resumed, row) == 7);
+  // Sampling (not greedy) never draws a barred id before min_tokens either.
+  o.temperature = 1.0f;
+  o.logprobs = false;
+  SequenceSampler drawn(o, 300, {});
+  for (int i = 0; i < 3; ++i) {
+    const int32_t t = sample_token(drawn, row);
+    CHECK((t != 7 && t != 9));
+  }
+}
+
 TEST_CASE("logprobs are the log-softmax of the raw logits, with top-N most likely first, ties by id",
           "[sampler][logprobs]") {
   const std::vector<float> row{0.5f, 2.0f, -1.0f, 2.0f, 1.0f, -kInf, 1.0f, 0.0f};
