@@ -7,13 +7,6 @@ namespace {
 // Latency buckets from 1 ms to ~65 s, doubling: TTFT and e2e of chat requests span that.
 std::vector<double> latency_buckets() { return metrics::exponential_buckets(0.001, 2.0, 17); }
 
-// Advances a counter by what a cumulative value gained; a value that went down belongs to
-// a restarted scheduler, whose whole value is new.
-void advance(metrics::Counter& counter, int64_t now, int64_t& last) {
-  counter.inc(static_cast<double>(now >= last ? now - last : now));
-  last = now;
-}
-
 }  // namespace
 
 RouterMetrics::RouterMetrics(metrics::Registry& r)
@@ -57,11 +50,11 @@ void RouterMetrics::update(const std::string& group, const SchedulerStats& s) {
   kv_usage_.with({group}).set(s.kv_usage());
   std::lock_guard lock(last_mutex_);
   Last& last = last_[group];
-  advance(prompt_tokens_.with({group}), s.num_prompt_tokens, last.prompt_tokens);
-  advance(generation_tokens_.with({group}), s.num_generation_tokens, last.generation_tokens);
-  advance(preemptions_.with({group}), s.num_preemptions, last.preemptions);
-  advance(prefix_queries_.with({group}), s.prefix_cache.num_query_tokens, last.queries);
-  advance(prefix_hits_.with({group}), s.prefix_cache.num_hit_tokens, last.hits);
+  prompt_tokens_.with({group}).advance_to(static_cast<double>(s.num_prompt_tokens), last.prompt_tokens);
+  generation_tokens_.with({group}).advance_to(static_cast<double>(s.num_generation_tokens), last.generation_tokens);
+  preemptions_.with({group}).advance_to(static_cast<double>(s.num_preemptions), last.preemptions);
+  prefix_queries_.with({group}).advance_to(static_cast<double>(s.prefix_cache.num_query_tokens), last.queries);
+  prefix_hits_.with({group}).advance_to(static_cast<double>(s.prefix_cache.num_hit_tokens), last.hits);
 }
 
 void RouterMetrics::observe_step(double seconds, int64_t batch_tokens) {

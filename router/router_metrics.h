@@ -39,7 +39,7 @@ class RouterMetrics {
 
  private:
   struct Last {
-    int64_t prompt_tokens = 0, generation_tokens = 0, preemptions = 0, queries = 0, hits = 0;
+    double prompt_tokens = 0, generation_tokens = 0, preemptions = 0, queries = 0, hits = 0;
   };
   metrics::Family<metrics::Gauge>& running_;
   metrics::Family<metrics::Gauge>& waiting_;

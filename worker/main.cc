@@ -102,7 +102,7 @@ int serve(const tessera::Config& config) {
   auto& faults = registry.counter("tessera_worker_faults_total", "Step plans refused (WorkerFault).");
   auto& attachments = registry.counter("tessera_worker_attachments_total", "Attachments the router accepted.");
   std::mutex scrape_mutex;
-  worker::WorkerSessionStats scraped;  // what the counters have been advanced to
+  double scraped_steps = 0, scraped_step_seconds = 0, scraped_faults = 0, scraped_attachments = 0;
   auto status = http::StatusServer::start(
       {"0.0.0.0", static_cast<uint16_t>(config.worker.metrics_port), std::chrono::milliseconds(5000), 64},
       {{"/metrics",
@@ -110,11 +110,10 @@ int serve(const tessera::Config& config) {
           if (const worker::WorkerSession* s = session_ptr.load()) {
             std::lock_guard lock(scrape_mutex);
             const worker::WorkerSessionStats now = s->stats();
-            steps.get().inc(static_cast<double>(now.num_steps - scraped.num_steps));
-            step_seconds.get().inc(now.step_seconds - scraped.step_seconds);
-            faults.get().inc(static_cast<double>(now.num_faults - scraped.num_faults));
-            attachments.get().inc(static_cast<double>(now.num_attachments - scraped.num_attachments));
-            scraped = now;
+            steps.get().advance_to(static_cast<double>(now.num_steps), scraped_steps);
+            step_seconds.get().advance_to(now.step_seconds, scraped_step_seconds);
+            faults.get().advance_to(static_cast<double>(now.num_faults), scraped_faults);
+            attachments.get().advance_to(static_cast<double>(now.num_attachments), scraped_attachments);
           }
           return http::Response{200, std::string(metrics::kExpositionContentType), registry.expose()};
         }},

@@ -106,6 +106,11 @@ void Counter::inc(double v) {
   value_.fetch_add(v, std::memory_order_relaxed);
 }
 
+void Counter::advance_to(double total, double& last_total) {
+  inc(total >= last_total ? total - last_total : total);
+  last_total = total;
+}
+
 Histogram::Histogram(std::vector<double> bucket_bounds)
     : bucket_bounds_(checked_bucket_bounds(std::move(bucket_bounds))),
       bucket_counts_(std::make_unique<std::atomic<uint64_t>[]>(bucket_bounds_.size() + 1)) {}

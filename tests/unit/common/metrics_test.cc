@@ -119,6 +119,18 @@ TEST_CASE("counter ignores negative and NaN increments, gauge moves both ways") 
   CHECK(gauge.value() == 6.5);
 }
 
+TEST_CASE("a counter fed from a cumulative total advances by what it gained, and restarts count whole") {
+  Counter counter;
+  double last = 0;
+  counter.advance_to(5, last);
+  counter.advance_to(7.5, last);
+  CHECK(counter.value() == 7.5);
+  CHECK(last == 7.5);
+  counter.advance_to(2, last);  // the source restarted from zero
+  CHECK(counter.value() == 9.5);
+  CHECK(last == 2);
+}
+
 TEST_CASE("label values escape backslash, double quote and newline") {
   Registry registry;
   registry.counter("c_total", "C.", {"v"}).with({"a\\b\"c\nd é✓"}).inc();

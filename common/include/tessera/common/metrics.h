@@ -41,6 +41,10 @@ class Counter {
   // A counter only goes up: a negative or NaN increment is ignored (a no-op, not an
   // error), so a bad value on a hot path cannot make a rate() go negative.
   void inc(double v = 1.0);
+  // For a counter fed from a cumulative total kept elsewhere (a scheduler's or a
+  // session's stats): advances by what `total` gained since `last_total` and remembers
+  // it. A total that went down belongs to a restarted source, whose whole value is new.
+  void advance_to(double total, double& last_total);
   double value() const { return value_.load(std::memory_order_relaxed); }
 
  private:
