@@ -202,6 +202,12 @@ Result<Totals> run_in_process(const LoadgenOptions& o) {
   so.enable_prefix_cache = o.prefix_cache;
   v1::SamplingParams greedy;
   greedy.set_temperature(0);
+  // One plan through the codecs and the engine, as a worker executes it.
+  auto execute = [&](const router::Plan& plan) -> Result<engine::StepOutput> {
+    auto input = worker::step_input_from_proto(router::plan_to_proto(plan));
+    if (!input) return input.status();
+    return engine.step(*input);
+  };
   auto run = [&](int64_t first_id, int64_t count, auto prompt_for, uint32_t max_tokens, Totals* t) -> Status {
     router::Scheduler scheduler(so);
     std::vector<Clock::time_point> submitted(static_cast<size_t>(count));
@@ -222,9 +228,7 @@ Result<Totals> run_in_process(const LoadgenOptions& o) {
     while (finished < count) {
       const router::Plan plan = scheduler.next_plan();
       if (plan.empty()) return internal_error("loadgen: the scheduler made no progress");
-      auto input = worker::step_input_from_proto(router::plan_to_proto(plan));
-      if (!input) return input.status();
-      auto out = engine.step(*input);
+      auto out = execute(plan);
       if (!out) return out.status();
       ++t->steps;
       const auto events = scheduler.on_step_result(router::outcome_from_proto(worker::step_result_to_proto(plan.step_id, *out)));
@@ -249,10 +253,7 @@ Result<Totals> run_in_process(const LoadgenOptions& o) {
     }
     // The finished sequences' releases ride on the next plan: send it.
     const router::Plan last = scheduler.next_plan();
-    if (last.empty()) return Status::ok();
-    auto input = worker::step_input_from_proto(router::plan_to_proto(last));
-    if (!input) return input.status();
-    return engine.step(*input).status();
+    return last.empty() ? Status::ok() : execute(last).status();
   };
   // Warm-up, as a tier gets before it is measured: first touches of weights and KV pages.
   Totals warm;

@@ -21,6 +21,15 @@ double seconds_between(WorkerGroup::Clock::time_point from, WorkerGroup::Clock::
 
 std::string ms_text(std::chrono::milliseconds ms) { return std::to_string(ms.count()) + " ms"; }
 
+// Turns a worker away: a Detach with the reason (it logs it and re-dials), and the call's
+// status.
+grpc::Status refuse(WorkerGroup::Stream* stream, const std::string& reason) {
+  v1::RouterMessage m;
+  m.mutable_detach()->set_reason(reason);
+  stream->Write(m);
+  return {grpc::StatusCode::FAILED_PRECONDITION, reason};
+}
+
 // A second rank of the group must describe the same model and KV pool as the first.
 std::string shape_mismatch(const v1::WorkerDescription& have, const v1::WorkerDescription& got) {
   auto differs = [](const char* what, auto a, auto b) {
@@ -145,12 +154,6 @@ void WorkerGroup::fail_submit(Submit& s, const Status& error) {
 }
 
 grpc::Status WorkerGroup::attach(grpc::ServerContext* context, Stream* stream, const v1::WorkerDescription& worker) {
-  auto refuse = [&](const std::string& reason) {
-    v1::RouterMessage m;
-    m.mutable_detach()->set_reason(reason);
-    stream->Write(m);
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, reason);
-  };
   const uint32_t r = worker.rank();
   auto rank = std::make_shared<Rank>();
   rank->stream = stream;
@@ -159,12 +162,12 @@ grpc::Status WorkerGroup::attach(grpc::ServerContext* context, Stream* stream, c
   rank->last_seen = Clock::now();
   {
     std::lock_guard lock(mutex_);
-    if (shutting_down_) return refuse("the router is shutting down");
+    if (shutting_down_) return refuse(stream, "the router is shutting down");
     if (!ranks_.empty()) {
       const std::string diff = shape_mismatch(ranks_.begin()->second->description, worker);
-      if (!diff.empty()) return refuse("group " + name_ + ": this worker has " + diff);
+      if (!diff.empty()) return refuse(stream, "group " + name_ + ": this worker has " + diff);
     }
-    if (ranks_.count(r)) return refuse("group " + name_ + " already has rank " + std::to_string(r));
+    if (ranks_.count(r)) return refuse(stream, "group " + name_ + " already has rank " + std::to_string(r));
     world_size_ = worker.world_size();
     ranks_[r] = rank;
   }
@@ -293,10 +296,9 @@ void WorkerGroup::take_inbox(bool refuse, const Status& refusal) {
         fail_submit(*s, refusal);
         continue;
       }
-      const uint64_t id = s->spec.request_id;
+      const uint64_t id = s->spec.request_id;  // the spec moves into the scheduler
       const Status st = scheduler_->submit(std::move(s->spec));
       if (!st.is_ok()) {
-        s->spec.request_id = id;
         fail_submit(*s, st);
         continue;
       }
@@ -454,8 +456,10 @@ Result<std::vector<RequestEvent>> WorkerGroup::await_result(const Plan& plan, Cl
 }
 
 void WorkerGroup::end_session(const Status& reason) {
-  deliver(scheduler_->fail_running(reason.is_ok() ? unavailable("group " + name_ + " drained") : reason));
-  deliver(scheduler_->fail_waiting(reason.is_ok() ? unavailable("group " + name_ + " drained") : reason));
+  // OK means drained: nothing should be left, but whatever is ends as UNAVAILABLE.
+  const Status error = reason.is_ok() ? unavailable("group " + name_ + " drained") : reason;
+  deliver(scheduler_->fail_running(error));
+  deliver(scheduler_->fail_waiting(error));
   std::vector<std::shared_ptr<Rank>> ranks;
   std::deque<std::variant<Submit, Abort>> inbox;
   {
@@ -471,12 +475,12 @@ void WorkerGroup::end_session(const Status& reason) {
   // Requests that had not reached the scheduler go back too (the router service places
   // them on another group, or says none serves), rather than waiting for this one.
   for (auto& item : inbox) {
-    if (auto* s = std::get_if<Submit>(&item)) fail_submit(*s, reason.is_ok() ? unavailable("group " + name_ + " drained") : reason);
+    if (auto* s = std::get_if<Submit>(&item)) fail_submit(*s, error);
   }
   // The others re-dial (a drained worker exits); their streams close from their side.
   for (auto& rank : ranks) {
     v1::RouterMessage m;
-    m.mutable_detach()->set_reason(reason.is_ok() ? "group " + name_ + " drained" : reason.message());
+    m.mutable_detach()->set_reason(error.message());
     m.mutable_detach()->set_final(reason.is_ok() && rank->draining);
     write(*rank, m);
     std::lock_guard lock(mutex_);
@@ -584,12 +588,7 @@ grpc::Status WorkerHubService::Attach(grpc::ServerContext* context, WorkerGroup:
   } else if (d.group().empty()) {
     problem = "the description names no group";
   }
-  if (!problem.empty()) {
-    v1::RouterMessage m;
-    m.mutable_detach()->set_reason(problem);
-    stream->Write(m);
-    return {grpc::StatusCode::FAILED_PRECONDITION, problem};
-  }
+  if (!problem.empty()) return refuse(stream, problem);
   return group(d.group()).attach(context, stream, d);
 }
 
