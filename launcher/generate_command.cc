@@ -10,11 +10,12 @@
 #include "launcher/arg_parse.h"
 #include "launcher/commands.h"
 #include "launcher/generate_options.h"
-#include "launcher/model_files.h"
+#include "gateway/model_files.h"
 #include "tessera/common/cli.h"
 #include "worker/engine/offline_runner.h"
 
 namespace tessera::launcher {
+using namespace tessera::model_files;  // locate_model, load_tokenizer, load_chat_template
 namespace {
 
 // Prefix of this command's error messages.

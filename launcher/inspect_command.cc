@@ -5,12 +5,13 @@
 #include <string>
 
 #include "launcher/commands.h"
-#include "launcher/model_files.h"
+#include "gateway/model_files.h"
 #include "tessera/common/cli.h"
 #include "worker/loader/safetensors_file.h"
 #include "worker/models/model_config.h"
 
 namespace tessera::launcher {
+using namespace tessera::model_files;  // locate_model, load_tokenizer, load_chat_template
 namespace {
 
 struct InspectOptions {

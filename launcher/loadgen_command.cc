@@ -22,7 +22,7 @@
 #include "launcher/arg_parse.h"
 #include "launcher/commands.h"
 #include "launcher/generate_options.h"
-#include "launcher/model_files.h"
+#include "gateway/model_files.h"
 #include "tessera/common/cli.h"
 #include "tessera/v1/router.grpc.pb.h"
 #include "router/scheduler.h"
@@ -31,6 +31,7 @@
 #include "worker/service/plan_codec.h"
 
 namespace tessera::launcher {
+using namespace tessera::model_files;  // locate_model, load_tokenizer, load_chat_template
 namespace {
 
 constexpr const char* kWho = "tessera loadgen";

@@ -9,10 +9,11 @@
 #include <nlohmann/json.hpp>
 
 #include "launcher/commands.h"
-#include "launcher/model_files.h"
+#include "gateway/model_files.h"
 #include "tessera/common/cli.h"
 
 namespace tessera::launcher {
+using namespace tessera::model_files;  // locate_model, load_tokenizer, load_chat_template
 namespace {
 
 struct TokenizerArgs {

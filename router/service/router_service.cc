@@ -46,14 +46,14 @@ struct EventQueue {
 
 WorkerGroup* RouterService::place(std::span<const int32_t> prompt, const std::vector<WorkerGroup*>& excluded) {
   std::vector<WorkerGroup*> serving;
-  std::vector<GroupCandidate> candidates;
+  std::vector<PlacementCandidate> candidates;
   for (WorkerGroup* g : hub_.groups()) {
     if (!g->serving() || std::find(excluded.begin(), excluded.end(), g) != excluded.end()) continue;
     serving.push_back(g);
     candidates.push_back({g->load(), g->affinity().match(prompt)});
   }
   if (serving.empty()) return nullptr;
-  WorkerGroup* g = serving[choose_group(candidates)];
+  WorkerGroup* g = serving[choose_placement(candidates)];
   g->affinity().record(prompt);
   return g;
 }

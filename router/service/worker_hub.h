@@ -37,7 +37,7 @@
 #include <variant>
 #include <vector>
 
-#include "router/placement.h"
+#include "tessera/common/placement.h"
 #include "router/router_metrics.h"
 #include "router/scheduler.h"
 #include "tessera/v1/worker.grpc.pb.h"

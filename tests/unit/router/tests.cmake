@@ -7,7 +7,6 @@ tessera_add_unit_test(router_metrics_test SOURCES unit/router/router_metrics_tes
 tessera_add_unit_test(router_worker_hub_test SOURCES unit/router/worker_hub_test.cc
                       LIBS tessera_router_service tessera_worker_service)
 target_compile_definitions(router_worker_hub_test PRIVATE TESSERA_FIXTURES_DIR="${CMAKE_CURRENT_SOURCE_DIR}/fixtures")
-tessera_add_unit_test(router_placement_test SOURCES unit/router/placement_test.cc LIBS tessera_router_core)
 # The router and worker binaries as processes on the test model (one at a time: it
 # measures nothing, but it loads the 2 cores).
 tessera_add_unit_test(router_cluster_test SERIAL SOURCES unit/router/cluster_test.cc

@@ -1,11 +1,11 @@
-#include "launcher/model_files.h"
+#include "gateway/model_files.h"
 
 #include <cstdlib>
 #include <filesystem>
 
 #include "tessera/common/config.h"
 
-namespace tessera::launcher {
+namespace tessera::model_files {
 namespace fs = std::filesystem;
 
 Result<ModelLocation> locate_model(const std::string& arg) {
@@ -66,4 +66,4 @@ Result<std::optional<chat_template::ChatTemplate>> load_chat_template(const Mode
   return Maybe{std::move(*t)};
 }
 
-}  // namespace tessera::launcher
+}  // namespace tessera::model_files

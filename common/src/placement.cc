@@ -1,8 +1,8 @@
-#include "router/placement.h"
+#include "tessera/common/placement.h"
 
 #include <algorithm>
 
-namespace tessera::router {
+namespace tessera {
 
 namespace {
 
@@ -62,9 +62,9 @@ size_t PrefixAffinity::size() const {
   return blocks_.size();
 }
 
-size_t choose_group(std::span<const GroupCandidate> c) {
+size_t choose_placement(std::span<const PlacementCandidate> c) {
   int64_t least = c[0].load;
-  for (const GroupCandidate& g : c) least = std::min(least, g.load);
+  for (const PlacementCandidate& g : c) least = std::min(least, g.load);
   const int64_t limit = least + std::max<int64_t>(4, least / 4);
   size_t best = c.size();
   for (size_t i = 0; i < c.size(); ++i) {
@@ -77,4 +77,4 @@ size_t choose_group(std::span<const GroupCandidate> c) {
   return best;
 }
 
-}  // namespace tessera::router
+}  // namespace tessera

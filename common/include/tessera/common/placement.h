@@ -1,11 +1,12 @@
-// Where a new request goes when a router drives several data-parallel worker groups:
-// to a group that likely holds its prompt's prefix in its KV cache (prefix affinity), as
-// long as that group is not much busier than the least loaded one (load).
+// Where a new request goes when there are several places to run it: the data-parallel
+// worker groups of a router, or the router replicas behind a gateway. It goes to the place
+// that likely holds its prompt's prefix in a KV cache (prefix affinity), as long as that
+// place is not much busier than the least loaded one (load).
 //
-// PrefixAffinity is the router's estimate of a group's prefix cache: the chained hashes of
-// the 16-token blocks of prompts recently placed on the group, bounded and least recently
-// used first out. It does not see the group's evictions, so it is a hint, never a promise
-// (the group's own radix tree decides what is reused). Thread-safe.
+// PrefixAffinity is an estimate of one place's prefix cache: the chained hashes of the
+// 16-token blocks of prompts recently sent there, bounded and least recently used first
+// out. It does not see evictions, so it is a hint, never a promise (the radix tree of the
+// group that runs the request decides what is reused). Thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -15,7 +16,7 @@
 #include <span>
 #include <unordered_map>
 
-namespace tessera::router {
+namespace tessera {
 
 class PrefixAffinity {
  public:
@@ -36,7 +37,7 @@ class PrefixAffinity {
   std::unordered_map<uint64_t, std::list<uint64_t>::iterator> blocks_;
 };
 
-struct GroupCandidate {
+struct PlacementCandidate {
   int64_t load = 0;             // requests placed and not finished
   int32_t affinity_tokens = 0;  // PrefixAffinity::match of the prompt
 };
@@ -44,6 +45,6 @@ struct GroupCandidate {
 // Index of the chosen candidate (precondition: at least one). Among the candidates whose
 // load is within a slack of the least loaded (max(4, a quarter of that load)), the one
 // with the longest prefix match wins; ties go to the less loaded, then the first.
-size_t choose_group(std::span<const GroupCandidate> candidates);
+size_t choose_placement(std::span<const PlacementCandidate> candidates);
 
-}  // namespace tessera::router
+}  // namespace tessera

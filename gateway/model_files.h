@@ -1,6 +1,6 @@
 // Finding and opening what a model path names: a GGUF file, or a Hugging Face directory
-// (config.json, *.safetensors, tokenizer.json, tokenizer_config.json). Shared by the
-// subcommands that read models.
+// (config.json, *.safetensors, tokenizer.json, tokenizer_config.json). Shared by the gateway
+// and the launcher subcommands that read models.
 #pragma once
 
 #include <optional>
@@ -11,7 +11,7 @@
 #include "tessera/common/status.h"
 #include "worker/loader/gguf_file.h"
 
-namespace tessera::launcher {
+namespace tessera::model_files {
 
 enum class ModelFormat { kGguf, kHuggingFaceDir, kTokenizerJson };
 
@@ -32,4 +32,4 @@ Result<tokenizer::Tokenizer> load_tokenizer(const ModelLocation& where, const lo
 Result<std::optional<chat_template::ChatTemplate>> load_chat_template(const ModelLocation& where,
                                                                        const loader::GgufFile* gguf);
 
-}  // namespace tessera::launcher
+}  // namespace tessera::model_files

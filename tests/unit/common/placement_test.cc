@@ -1,13 +1,13 @@
 // Placement over data-parallel groups: the prefix-affinity estimate and the choice between
 // affinity and load.
-#include "router/placement.h"
+#include "tessera/common/placement.h"
 
 #include <catch2/catch.hpp>
 
 #include <numeric>
 #include <vector>
 
-using namespace tessera::router;
+using namespace tessera;
 
 namespace {
 std::vector<int32_t> tokens(int32_t first, int32_t n) {
@@ -21,7 +21,7 @@ std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& 
 }
 }  // namespace
 
-TEST_CASE("prefix affinity matches whole recorded blocks of a prompt's prefix", "[router][placement]") {
+TEST_CASE("prefix affinity matches whole recorded blocks of a prompt's prefix", "[common][placement]") {
   PrefixAffinity a;
   const auto system = tokens(1000, 64);  // four blocks
   CHECK(a.match(system) == 0);
@@ -40,7 +40,7 @@ TEST_CASE("prefix affinity matches whole recorded blocks of a prompt's prefix", 
   CHECK(a.match(system) == 0);
 }
 
-TEST_CASE("prefix affinity forgets the least recently used blocks beyond its bound", "[router][placement]") {
+TEST_CASE("prefix affinity forgets the least recently used blocks beyond its bound", "[common][placement]") {
   PrefixAffinity a(8);
   const auto first = tokens(0, 64);     // 4 blocks
   const auto second = tokens(500, 64);  // 4 blocks
@@ -56,17 +56,17 @@ TEST_CASE("prefix affinity forgets the least recently used blocks beyond its bou
   CHECK(a.match(second) == 0);  // its chain is broken at the first block
 }
 
-TEST_CASE("placement prefers the group holding the prefix unless it is much busier", "[router][placement]") {
+TEST_CASE("placement prefers the group holding the prefix unless it is much busier", "[common][placement]") {
   // No affinity anywhere: the least loaded, first on ties.
-  CHECK(choose_group(std::vector<GroupCandidate>{{3, 0}, {1, 0}, {1, 0}}) == 1);
+  CHECK(choose_placement(std::vector<PlacementCandidate>{{3, 0}, {1, 0}, {1, 0}}) == 1);
   // Affinity wins within the slack (max(4, least/4)).
-  CHECK(choose_group(std::vector<GroupCandidate>{{0, 0}, {4, 64}}) == 1);
-  CHECK(choose_group(std::vector<GroupCandidate>{{40, 0}, {50, 32}}) == 1);
+  CHECK(choose_placement(std::vector<PlacementCandidate>{{0, 0}, {4, 64}}) == 1);
+  CHECK(choose_placement(std::vector<PlacementCandidate>{{40, 0}, {50, 32}}) == 1);
   // Beyond it, load wins.
-  CHECK(choose_group(std::vector<GroupCandidate>{{0, 0}, {5, 64}}) == 0);
-  CHECK(choose_group(std::vector<GroupCandidate>{{40, 0}, {51, 32}}) == 0);
+  CHECK(choose_placement(std::vector<PlacementCandidate>{{0, 0}, {5, 64}}) == 0);
+  CHECK(choose_placement(std::vector<PlacementCandidate>{{40, 0}, {51, 32}}) == 0);
   // The longest match among the eligible, then the less loaded.
-  CHECK(choose_group(std::vector<GroupCandidate>{{2, 16}, {1, 48}, {0, 32}}) == 1);
-  CHECK(choose_group(std::vector<GroupCandidate>{{2, 32}, {1, 32}}) == 1);
-  CHECK(choose_group(std::vector<GroupCandidate>{{7, 0}}) == 0);
+  CHECK(choose_placement(std::vector<PlacementCandidate>{{2, 16}, {1, 48}, {0, 32}}) == 1);
+  CHECK(choose_placement(std::vector<PlacementCandidate>{{2, 32}, {1, 32}}) == 1);
+  CHECK(choose_placement(std::vector<PlacementCandidate>{{7, 0}}) == 0);
 }
