@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 
@@ -58,7 +59,9 @@ int serve(const tessera::Config& config) {
   go.worker_timeout = std::chrono::seconds(config.router.worker_timeout_s);
   go.unattached_wait = std::chrono::seconds(config.router.watchdog_timeout_s);
   router::WorkerHubService hub(go);
-  router::RouterService router_service(hub);
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  router::RouterService router_service(hub, std::string(host) + "/" + config.router.listen);
 
   grpc::ServerBuilder builder;
   int port = 0;

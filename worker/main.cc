@@ -141,7 +141,7 @@ int serve(const tessera::Config& config) {
                config.worker.group.c_str());
 
   worker::WorkerSession session(**engine, {config.worker.router_address, config.worker.group, "",
-                                           config.model.served_name.empty() ? *path : config.model.served_name,
+                                           served_model_name(config.model, *path),
                                            std::chrono::milliseconds(100), std::chrono::milliseconds(5000),
                                            std::chrono::milliseconds(config.worker.heartbeat_interval_ms)});
   session_ptr = &session;

@@ -356,4 +356,14 @@ Result<std::string> resolve_model_path(const ModelSettings& model) {
   return path;
 }
 
+std::string served_model_name(const ModelSettings& model, const std::string& resolved_path) {
+  if (!model.served_name.empty()) return model.served_name;
+  std::filesystem::path p(resolved_path);
+  if (!p.has_filename()) p = p.parent_path();  // "dir/"
+  if (p.filename() == "config.json") p = p.parent_path();
+  std::string name = p.filename().string();
+  if (p.extension() == ".gguf") name = p.stem().string();
+  return name.empty() ? resolved_path : name;
+}
+
 }  // namespace tessera

@@ -213,6 +213,8 @@ std::vector<config_internal::FieldSpec> build_schema() {
       field("gateway.request_timeout_s", &C::gateway, &GatewaySettings::request_timeout_s,
             "Deadline of one request, end to end, in seconds."),
       field("gateway.num_threads", &C::gateway, &GatewaySettings::num_threads, "I/O threads of the HTTP server."),
+      field("gateway.drain_timeout_s", &C::gateway, &GatewaySettings::drain_timeout_s,
+            "On SIGTERM, in-flight requests get this long to finish (new ones get 503)."),
 
       field("router.listen", &C::router, &RouterSettings::listen, "gRPC address (`host:port`) for gateways and workers."),
       field("router.metrics_port", &C::router, &RouterSettings::metrics_port, "HTTP port of the router's /metrics and /health."),

@@ -317,4 +317,58 @@ Parsed<ChatRequest> parse_chat_request(std::string_view body) {
   });
 }
 
+
+Parsed<GenerateApiRequest> parse_generate_request(std::string_view body) {
+  return guarded<GenerateApiRequest>(body, [](const json& j) -> Parsed<GenerateApiRequest> {
+    const Body b(j);
+    GenerateApiRequest r;
+    auto inputs = b.string("inputs");
+    if (!inputs || inputs->empty()) fail("inputs", "'inputs' must be a non-empty string");
+    r.inputs = *inputs;
+    static const json kNoParameters = json::object();
+    const json* params = b.get("parameters");
+    if (params && !params->is_object()) fail("parameters", "'parameters' must be an object");
+    const Body p(params ? *params : kNoParameters);
+    GenerationOptions& o = r.options;
+    v1::SamplingParams& s = o.sampling;
+    o.max_tokens = static_cast<uint32_t>(p.integer("max_new_tokens", 1, UINT32_MAX).value_or(16));
+    s.set_max_tokens(*o.max_tokens);
+    if (auto v = p.integer("min_new_tokens", 0, *o.max_tokens)) s.set_min_tokens(static_cast<uint32_t>(*v));
+    // LightLLM: do_sample false is greedy whatever the temperature says.
+    const bool do_sample = p.boolean("do_sample").value_or(true);
+    s.set_do_sample(do_sample);
+    if (auto v = p.number("temperature", 0, 2)) s.set_temperature(static_cast<float>(*v));
+    if (!do_sample) s.set_temperature(0);
+    if (auto v = p.number("top_p", 0, 1, /*lo_open=*/true)) s.set_top_p(static_cast<float>(*v));
+    if (auto v = p.integer("top_k", -1, 1 << 30)) s.set_top_k(static_cast<int32_t>(*v <= 0 ? 0 : *v));
+    if (auto v = p.number("repetition_penalty", 0, 2, /*lo_open=*/true)) s.set_repetition_penalty(static_cast<float>(*v));
+    if (auto v = p.number("presence_penalty", -2, 2)) s.set_presence_penalty(static_cast<float>(*v));
+    if (auto v = p.number("frequency_penalty", -2, 2)) s.set_frequency_penalty(static_cast<float>(*v));
+    if (auto v = p.integer("seed", 0, std::numeric_limits<int64_t>::max())) s.set_seed(static_cast<uint64_t>(*v));
+    if (auto v = p.boolean("ignore_eos")) s.set_ignore_eos(*v);
+    if (auto v = p.boolean("skip_special_tokens")) o.skip_special_tokens = *v;
+    s.set_skip_special_tokens(o.skip_special_tokens);
+    if (auto v = p.integer("best_of", 0, kMaxN); v && *v > 1) {
+      fail("parameters.best_of", "'best_of' above 1 is not supported");
+    }
+    if (const json* v = p.get("stop_sequences")) {
+      if (v->is_string()) {
+        o.stop.push_back(v->get<std::string>());
+      } else if (v->is_array()) {
+        for (const json& x : *v) {
+          if (!x.is_string() || x.get<std::string>().empty()) {
+            fail("parameters.stop_sequences", "'stop_sequences' must be a string or a list of non-empty strings");
+          }
+          o.stop.push_back(x.get<std::string>());
+        }
+      } else {
+        fail("parameters.stop_sequences", "'stop_sequences' must be a string or a list of non-empty strings");
+      }
+      if (o.stop.size() > kMaxStops) fail("parameters.stop_sequences", "at most 4 stop sequences are allowed");
+    }
+    for (const std::string& x : o.stop) s.add_stop(x);
+    return r;
+  });
+}
+
 }  // namespace tessera::gateway

@@ -69,10 +69,20 @@ struct ChatRequest {
   bool add_generation_prompt = true;
 };
 
+// LightLLM's `POST /generate` and `/generate_stream`: {"inputs": text, "parameters": {...}}
+// with do_sample, temperature, top_p, top_k, repetition/presence/frequency penalties,
+// max_new_tokens (default 16), min_new_tokens, stop_sequences, ignore_eos, seed,
+// skip_special_tokens.
+struct GenerateApiRequest {
+  std::string inputs;
+  GenerationOptions options;  // model unset: the served one
+};
+
 template <typename T>
 using Parsed = std::variant<T, ApiError>;
 
 Parsed<CompletionRequest> parse_completion_request(std::string_view body);
 Parsed<ChatRequest> parse_chat_request(std::string_view body);
+Parsed<GenerateApiRequest> parse_generate_request(std::string_view body);
 
 }  // namespace tessera::gateway

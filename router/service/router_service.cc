@@ -62,6 +62,12 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
                                      grpc::ServerWriter<v1::GenerateResponse>* writer) {
   if (request->prompt_token_ids().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "empty prompt"};
   if (!admitting_) return {grpc::StatusCode::UNAVAILABLE, "the router is draining (shutting down)"};
+  if (!request->model().empty()) {
+    const auto model = served_model();
+    if (model && model->name() != request->model()) {
+      return {grpc::StatusCode::NOT_FOUND, "this router serves " + model->name() + ", not " + request->model()};
+    }
+  }
   const v1::SamplingParams& sp = request->sampling();
   RequestSpec spec;
   spec.prompt.assign(request->prompt_token_ids().begin(), request->prompt_token_ids().end());
@@ -157,6 +163,13 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
 
 void RouterService::stop_admitting() { admitting_ = false; }
 
+std::optional<v1::ModelInfo> RouterService::served_model() {
+  for (WorkerGroup* g : hub_.groups()) {
+    if (auto model = g->model()) return model;
+  }
+  return std::nullopt;
+}
+
 bool RouterService::wait_drained(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
   return drained_.wait_for(lock, timeout, [&] { return live_.empty(); });
@@ -186,7 +199,11 @@ grpc::Status RouterService::GetStats(grpc::ServerContext*, const v1::GetStatsReq
     gs->set_num_kv_pages_used(static_cast<uint64_t>(s.num_used_pages));
     gs->set_num_running(static_cast<uint32_t>(s.num_running));
   }
+  if (auto model = served_model()) *response->mutable_model() = *model;
   response->set_ready(any_serving && admitting_);
+  response->set_draining(!admitting_);
+  response->set_healthy(hub_.healthy());
+  response->set_replica(replica_);
   return grpc::Status::OK;
 }
 

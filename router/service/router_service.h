@@ -14,6 +14,7 @@
 #include <vector>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "router/service/worker_hub.h"
@@ -23,7 +24,8 @@ namespace tessera::router {
 
 class RouterService final : public v1::Router::Service {
  public:
-  explicit RouterService(WorkerHubService& hub) : hub_(hub) {}
+  // `replica` names this router in GetStats (host name or pod name).
+  RouterService(WorkerHubService& hub, std::string replica) : hub_(hub), replica_(std::move(replica)) {}
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
@@ -38,9 +40,12 @@ class RouterService final : public v1::Router::Service {
   bool wait_drained(std::chrono::milliseconds timeout);
 
  private:
+  // The model of the first group a worker attached to (every group serves the same one).
+  std::optional<v1::ModelInfo> served_model();
   WorkerGroup* place(std::span<const int32_t> prompt, const std::vector<WorkerGroup*>& excluded);
 
   WorkerHubService& hub_;
+  const std::string replica_;
   std::atomic<uint64_t> next_id_{1};
   std::atomic<bool> admitting_{true};
   std::mutex mutex_;

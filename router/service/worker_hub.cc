@@ -100,6 +100,11 @@ uint32_t WorkerGroup::world_size() const {
   return world_size_;
 }
 
+std::optional<v1::ModelInfo> WorkerGroup::model() const {
+  std::lock_guard lock(mutex_);
+  return model_;
+}
+
 SchedulerStats WorkerGroup::stats() const {
   std::lock_guard lock(mutex_);
   return last_stats_;
@@ -169,6 +174,7 @@ grpc::Status WorkerGroup::attach(grpc::ServerContext* context, Stream* stream, c
     }
     if (ranks_.count(r)) return refuse(stream, "group " + name_ + " already has rank " + std::to_string(r));
     world_size_ = worker.world_size();
+    if (!model_) model_ = worker.model();
     ranks_[r] = rank;
   }
   v1::RouterMessage accepted;

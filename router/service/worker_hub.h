@@ -79,6 +79,8 @@ class WorkerGroup {
   bool serving() const;
   uint32_t num_attached_ranks() const;
   uint32_t world_size() const;  // 0 until a rank has attached
+  // The model the group's ranks described (nullopt until a rank has attached).
+  std::optional<v1::ModelInfo> model() const;
   SchedulerStats stats() const;
   // Requests submitted and not yet finished (placement's load).
   int64_t load() const { return load_; }
@@ -164,6 +166,7 @@ class WorkerGroup {
   std::deque<std::variant<Submit, Abort>> inbox_;
   std::map<uint32_t, std::shared_ptr<Rank>> ranks_;
   uint32_t world_size_ = 0;
+  std::optional<v1::ModelInfo> model_;  // of the first rank that attached
   bool in_session_ = false;
   bool draining_ = false;
   bool shutting_down_ = false;

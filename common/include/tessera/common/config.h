@@ -53,6 +53,8 @@ struct GatewaySettings {
   uint32_t max_concurrent_requests = 1024;
   uint32_t request_timeout_s = 600;
   uint32_t num_threads = 2;
+  // On SIGTERM, in-flight requests get this long to finish.
+  uint32_t drain_timeout_s = 30;
 };
 
 struct RouterSettings {
@@ -138,6 +140,10 @@ struct ConfigSources {
 // ($TESSERA_MODEL_CACHE, else `cache_dir` with a leading ~ expanded); other paths are
 // returned as given. NOT_FOUND when "default" is not in the cache (with how to fetch it).
 Result<std::string> resolve_model_path(const ModelSettings& model);
+// The OpenAI `model` name a deployment serves: model.served_name, else the model's file
+// name without its .gguf extension (or the directory's name), so every tier that reads the
+// same config agrees on it.
+std::string served_model_name(const ModelSettings& model, const std::string& resolved_path);
 inline constexpr const char* kDefaultModelFile = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 // Loads, applies overrides and validates. Unknown keys and wrong types are errors.

@@ -1,0 +1,375 @@
+#include "gateway/http/http_server.h"
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cctype>
+#include <deque>
+#include <optional>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+namespace tessera::gateway::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+std::string_view Request::header(std::string_view lower_name) const {
+  for (const auto& [name, value] : headers) {
+    if (name == lower_name) return value;
+  }
+  return {};
+}
+
+Status ServerOptions::validate() const {
+  if (num_threads < 1) return invalid_argument("http server: num_threads must be at least 1");
+  if (max_connections < 1) return invalid_argument("http server: max_connections must be at least 1");
+  if (max_header_bytes < 1024) return invalid_argument("http server: max_header_bytes must be at least 1024");
+  return Status::ok();
+}
+
+namespace {
+
+// {"error": {...}} in OpenAI's shape, for what the server answers by itself.
+std::string error_json(const std::string& message, const std::string& type, const std::string& code) {
+  nlohmann::json e = {{"message", message}, {"type", type}, {"param", nullptr}};
+  e["code"] = code.empty() ? nlohmann::json(nullptr) : nlohmann::json(code);
+  return nlohmann::json{{"error", e}}.dump();
+}
+
+std::string status_line(int status) {
+  const auto reason = bhttp::obsolete_reason(bhttp::int_to_status(static_cast<unsigned>(status)));
+  return "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason) + "\r\n";
+}
+
+}  // namespace
+
+// One client connection. Everything below runs on the connection's strand.
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(tcp::socket socket, const ServerOptions& options, const Handler& handler, std::atomic<int>& active)
+      : stream_(std::move(socket)), options_(options), handler_(handler), active_(active) {
+    ++active_;
+  }
+  ~Connection() { --active_; }
+
+  template <typename F>
+  void post(F f) {
+    asio::post(stream_.get_executor(), std::move(f));
+  }
+
+  void read_request() {
+    parser_.emplace();
+    parser_->header_limit(options_.max_header_bytes);
+    parser_->body_limit(options_.max_body_bytes);
+    stream_.expires_after(num_requests_ == 0 ? options_.read_timeout : options_.idle_timeout);
+    bhttp::async_read(stream_, buffer_, *parser_,
+                      [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+  }
+
+  void respond(Response r) {
+    if (gone_ || ended_ || head_sent_) return;
+    ended_ = true;
+    head_sent_ = true;
+    std::string out = status_line(r.status);
+    out += "Content-Type: " + r.content_type + "\r\n";
+    out += "Content-Length: " + std::to_string(r.body.size()) + "\r\n";
+    append_common_headers(out, r.headers);
+    out += "\r\n";
+    if (method_ != bhttp::verb::head) out += r.body;
+    enqueue(std::move(out), {});
+  }
+
+  void start_stream(int status, const std::string& content_type, const Headers& headers) {
+    if (gone_ || ended_ || head_sent_) return;
+    head_sent_ = true;
+    chunked_ = version_ >= 11;
+    if (!chunked_) keep_alive_ = false;  // HTTP/1.0: the stream ends when the connection does
+    std::string out = status_line(status);
+    out += "Content-Type: " + content_type + "\r\n";
+    out += "Cache-Control: no-cache\r\n";
+    if (chunked_) out += "Transfer-Encoding: chunked\r\n";
+    append_common_headers(out, headers);
+    out += "\r\n";
+    enqueue(std::move(out), {});
+  }
+
+  void write(std::string data, std::function<void(bool)> written) {
+    if (gone_ || ended_ || !head_sent_) {
+      if (written) written(false);
+      return;
+    }
+    if (data.empty()) {
+      if (written) written(true);
+      return;
+    }
+    if (chunked_) {
+      char size[32];
+      std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+      data = size + data + "\r\n";
+    }
+    enqueue(std::move(data), std::move(written));
+  }
+
+  void end_stream() {
+    if (gone_ || ended_ || !head_sent_) return;
+    ended_ = true;
+    enqueue(chunked_ ? "0\r\n\r\n" : "", {});
+  }
+
+  void on_client_gone(std::function<void()> f) {
+    if (gone_) {
+      f();
+      return;
+    }
+    if (in_exchange_) gone_callback_ = std::move(f);
+  }
+
+ private:
+  void on_read(beast::error_code ec) {
+    if (ec == bhttp::error::body_limit) {
+      return refuse(413, "the request body exceeds " + std::to_string(options_.max_body_bytes) + " bytes",
+                    "request_too_large");
+    }
+    if (ec == bhttp::error::header_limit) {
+      return refuse(431, "the request headers exceed " + std::to_string(options_.max_header_bytes) + " bytes",
+                    "headers_too_large");
+    }
+    if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof ||
+        ec == asio::error::connection_reset || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
+      return close();
+    }
+    if (ec) return refuse(400, "malformed HTTP request: " + ec.message(), "bad_request");
+    ++num_requests_;
+    auto& req = parser_->get();
+    Request request;
+    request.method = std::string(req.method_string());
+    const std::string_view target(req.target().data(), req.target().size());
+    request.path = std::string(target.substr(0, target.find('?')));
+    for (const auto& field : req) {
+      std::string name(field.name_string());
+      std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+      request.headers.emplace_back(std::move(name), std::string(field.value()));
+    }
+    request.body = std::move(req.body());
+    begin_exchange(req.version(), req.keep_alive(), req.method());
+    watch_for_disconnect();
+    auto exchange = std::make_shared<Exchange>(shared_from_this(), std::move(request));
+    try {
+      handler_(exchange);
+    } catch (const std::exception& e) {
+      respond({500, "application/json", error_json(std::string("internal error: ") + e.what(), "internal_error", ""), {}});
+    }
+  }
+
+  void begin_exchange(unsigned version, bool keep_alive, bhttp::verb method) {
+    stream_.expires_never();  // a request may wait long for its first token
+    version_ = version;
+    keep_alive_ = keep_alive;
+    method_ = method;
+    in_exchange_ = true;
+    ended_ = head_sent_ = chunked_ = gone_ = false;
+  }
+
+  // An answer to a request that could not be read whole; the connection closes after it.
+  void refuse(int status, const std::string& message, const std::string& code) {
+    begin_exchange(11, false, bhttp::verb::unknown);
+    respond({status, "application/json", error_json(message, "invalid_request_error", code), {}});
+  }
+
+  void append_common_headers(std::string& out, const Headers& headers) const {
+    out += "Server: tessera\r\n";
+    if (!keep_alive_) out += "Connection: close\r\n";
+    for (const auto& [name, value] : headers) out += name + ": " + value + "\r\n";
+  }
+
+  // While the handler works, a read-readiness wait notices a client that hangs up: EOF
+  // (readable with nothing to read) or an error. Bytes of a pipelined request end the watch;
+  // they are read after this exchange.
+  void watch_for_disconnect() {
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (ec == asio::error::operation_aborted || !self->in_exchange_) return;
+      beast::error_code avail_ec;
+      const size_t available = self->stream_.socket().available(avail_ec);
+      if (ec || avail_ec || available == 0) self->client_gone();
+    });
+  }
+
+  void client_gone() {
+    if (gone_) return;
+    gone_ = true;
+    auto callback = std::move(gone_callback_);
+    gone_callback_ = {};
+    auto pending = std::move(out_);
+    out_.clear();
+    for (auto& [data, written] : pending) {
+      if (written) written(false);
+    }
+    if (callback) callback();
+    close();
+  }
+
+  void enqueue(std::string data, std::function<void(bool)> written) {
+    out_.emplace_back(std::move(data), std::move(written));
+    if (!writing_) write_front();
+  }
+
+  void write_front() {
+    if (out_.empty()) {
+      if (ended_ && in_exchange_) finish_exchange();
+      return;
+    }
+    writing_ = true;
+    stream_.expires_after(options_.write_timeout);
+    asio::async_write(stream_, asio::buffer(out_.front().first),
+                      [self = shared_from_this()](beast::error_code ec, size_t) { self->on_write(ec); });
+  }
+
+  void on_write(beast::error_code ec) {
+    writing_ = false;
+    stream_.expires_never();
+    if (gone_) return;
+    if (ec) return client_gone();
+    auto written = std::move(out_.front().second);
+    out_.pop_front();
+    if (written) written(true);
+    write_front();
+  }
+
+  void finish_exchange() {
+    in_exchange_ = false;
+    gone_callback_ = {};
+    if (!keep_alive_) return close();
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);  // the disconnect watch
+    read_request();
+  }
+
+  void close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.socket().close(ignored);
+  }
+
+  beast::tcp_stream stream_;
+  const ServerOptions& options_;
+  const Handler& handler_;
+  std::atomic<int>& active_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  uint64_t num_requests_ = 0;
+  unsigned version_ = 11;
+  bhttp::verb method_ = bhttp::verb::unknown;
+  bool keep_alive_ = true;
+  bool in_exchange_ = false;
+  bool head_sent_ = false;
+  bool ended_ = false;
+  bool chunked_ = false;
+  bool gone_ = false;
+  bool writing_ = false;
+  std::deque<std::pair<std::string, std::function<void(bool)>>> out_;
+  std::function<void()> gone_callback_;
+};
+
+Exchange::Exchange(std::shared_ptr<Connection> connection, Request request)
+    : connection_(std::move(connection)), request_(std::move(request)) {}
+
+void Exchange::respond(Response response) {
+  connection_->post([c = connection_, r = std::move(response)]() mutable { c->respond(std::move(r)); });
+}
+
+void Exchange::start_stream(int status, std::string content_type, Headers headers) {
+  connection_->post([c = connection_, status, t = std::move(content_type), h = std::move(headers)] {
+    c->start_stream(status, t, h);
+  });
+}
+
+void Exchange::write(std::string data, std::function<void(bool)> written) {
+  connection_->post([c = connection_, d = std::move(data), w = std::move(written)]() mutable {
+    c->write(std::move(d), std::move(w));
+  });
+}
+
+void Exchange::end_stream() {
+  connection_->post([c = connection_] { c->end_stream(); });
+}
+
+void Exchange::on_client_gone(std::function<void()> f) {
+  connection_->post([c = connection_, f = std::move(f)]() mutable { c->on_client_gone(std::move(f)); });
+}
+
+struct HttpServer::Impl {
+  ServerOptions options;
+  Handler handler;
+  asio::io_context ioc;
+  tcp::acceptor acceptor{ioc};
+  std::atomic<int> active{0};
+  std::vector<std::thread> threads;
+  std::atomic<bool> stopped{false};
+  uint16_t port = 0;
+
+  void accept() {
+    acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+      if (!ec) {
+        if (active.load() >= options.max_connections) {
+          beast::error_code ignored;
+          socket.close(ignored);
+        } else {
+          beast::error_code ignored;
+          socket.set_option(tcp::no_delay(true), ignored);  // SSE chunks are small and latency-bound
+          std::make_shared<Connection>(std::move(socket), options, handler, active)->read_request();
+        }
+      }
+      accept();
+    });
+  }
+};
+
+HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpServer::~HttpServer() { stop(); }
+
+Result<std::unique_ptr<HttpServer>> HttpServer::start(const ServerOptions& options, Handler handler) {
+  if (Status s = options.validate(); !s.is_ok()) return s;
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->handler = std::move(handler);
+  beast::error_code ec;
+  const auto address = asio::ip::make_address(options.host, ec);
+  if (ec) return invalid_argument("gateway: bad listen address " + options.host + ": " + ec.message());
+  const tcp::endpoint endpoint(address, options.port);
+  impl->acceptor.open(endpoint.protocol(), ec);
+  if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) impl->acceptor.bind(endpoint, ec);
+  if (!ec) impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return unavailable("gateway: cannot listen on " + options.host + ":" + std::to_string(options.port) + ": " +
+                       ec.message());
+  }
+  impl->port = impl->acceptor.local_endpoint().port();
+  impl->accept();
+  for (int i = 0; i < options.num_threads; ++i) {
+    impl->threads.emplace_back([ioc = &impl->ioc] { ioc->run(); });
+  }
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
+}
+
+uint16_t HttpServer::port() const { return impl_->port; }
+
+int HttpServer::num_connections() const { return impl_->active.load(); }
+
+void HttpServer::stop() {
+  if (impl_->stopped.exchange(true)) return;
+  asio::post(impl_->ioc, [this] {
+    beast::error_code ignored;
+    impl_->acceptor.close(ignored);
+  });
+  impl_->ioc.stop();
+  for (auto& t : impl_->threads) t.join();
+}
+
+}  // namespace tessera::gateway::http
