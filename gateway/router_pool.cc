@@ -17,7 +17,33 @@ Status RouterPoolOptions::validate() const {
   return Status::ok();
 }
 
+namespace {
+
+// gRPC 1.51 runs callback-API reactions on a shared completion queue with its own threads,
+// created when the first channel uses it and torn down when the last such channel goes.
+// When that last channel is released on one of those threads (a finished call's deferred
+// cleanup, racing with the pool's destruction), the teardown joins its own thread and the
+// process aborts (grpc/grpc#32584). A channel that uses the queue once and is never freed
+// keeps it alive for the life of the process, so it is never torn down at all.
+void keep_callback_queue_alive() {
+  static const bool kept = [] {
+    auto* channel = new std::shared_ptr<grpc::Channel>(
+        grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()));  // leaked on purpose
+    auto* stub = v1::Router::NewStub(*channel).release();
+    auto* context = new grpc::ClientContext;
+    context->set_deadline(std::chrono::system_clock::now());
+    auto* request = new v1::GetStatsRequest;
+    auto* response = new v1::RouterStats;
+    stub->async()->GetStats(context, request, response, [](grpc::Status) {});
+    return true;
+  }();
+  (void)kept;
+}
+
+}  // namespace
+
 RouterPool::RouterPool(RouterPoolOptions options) : options_(std::move(options)) {
+  keep_callback_queue_alive();
   for (const std::string& address : options_.addresses) {
     auto r = std::make_unique<Replica>();
     r->address = address;
@@ -30,7 +56,10 @@ RouterPool::RouterPool(RouterPoolOptions options) : options_(std::move(options))
     statuses_.push_back(ReplicaStatus{address, false, false, false, false, 0, ""});
     last_healthy_.emplace_back();
   }
-  poller_ = std::thread([this] { poll_loop(); });
+  // One poller per replica, with blocking calls: a replica that hangs delays nobody else's
+  // status, and no stats call is still in flight on gRPC's threads once the pollers are
+  // joined (a channel released from a callback thread can bring gRPC 1.51 down).
+  for (size_t i = 0; i < replicas_.size(); ++i) pollers_.emplace_back([this, i] { poll_loop(i); });
 }
 
 RouterPool::~RouterPool() {
@@ -39,62 +68,35 @@ RouterPool::~RouterPool() {
     stop_ = true;
   }
   changed_.notify_all();
-  poller_.join();
+  for (auto& t : pollers_) t.join();
 }
 
-void RouterPool::poll_loop() {
+void RouterPool::poll_loop(size_t index) {
   std::unique_lock lock(mutex_);
   while (!stop_) {
     lock.unlock();
-    poll_once();
+    poll_once(index);
     lock.lock();
     changed_.wait_for(lock, options_.poll_interval, [&] { return stop_; });
   }
 }
 
-void RouterPool::poll_once() {
-  // The replicas are asked in parallel so one that hangs delays nobody's status.
-  struct Call {
-    grpc::ClientContext context;
-    v1::RouterStats stats;
-    grpc::Status status;
-    bool done = false;
-  };
-  std::vector<std::unique_ptr<Call>> calls;
-  std::mutex done_mutex;
-  std::condition_variable done_cv;
-  for (auto& r : replicas_) {
-    auto call = std::make_unique<Call>();
-    call->context.set_deadline(std::chrono::system_clock::now() + options_.stats_timeout);
-    Call* c = call.get();
-    r->stub->async()->GetStats(&c->context, &empty_request_, &c->stats, [c, &done_mutex, &done_cv](grpc::Status s) {
-      std::lock_guard lock(done_mutex);
-      c->status = std::move(s);
-      c->done = true;
-      done_cv.notify_all();
-    });
-    calls.push_back(std::move(call));
-  }
-  {
-    std::unique_lock lock(done_mutex);
-    done_cv.wait(lock, [&] {
-      return std::all_of(calls.begin(), calls.end(), [](const auto& c) { return c->done; });
-    });
-  }
+void RouterPool::poll_once(size_t index) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + options_.stats_timeout);
+  v1::RouterStats stats;
+  const grpc::Status status = replicas_[index]->stub->GetStats(&context, v1::GetStatsRequest(), &stats);
   const auto now = std::chrono::steady_clock::now();
   std::lock_guard lock(mutex_);
-  for (size_t i = 0; i < calls.size(); ++i) {
-    const Call& c = *calls[i];
-    ReplicaStatus& s = statuses_[i];
-    s.reachable = c.status.ok();
-    s.ready = s.reachable && c.stats.ready() && !c.stats.draining();
-    s.healthy = s.reachable && c.stats.healthy();
-    s.draining = s.reachable && c.stats.draining();
-    s.load = s.reachable ? static_cast<int64_t>(c.stats.num_running()) + c.stats.num_waiting() : 0;
-    s.replica = c.stats.replica();
-    if (s.healthy) last_healthy_[i] = now;
-    if (s.reachable && c.stats.has_model() && !model_) model_ = c.stats.model();
-  }
+  ReplicaStatus& s = statuses_[index];
+  s.reachable = status.ok();
+  s.ready = s.reachable && stats.ready() && !stats.draining();
+  s.healthy = s.reachable && stats.healthy();
+  s.draining = s.reachable && stats.draining();
+  s.load = s.reachable ? static_cast<int64_t>(stats.num_running()) + stats.num_waiting() : 0;
+  s.replica = stats.replica();
+  if (s.healthy) last_healthy_[index] = now;
+  if (s.reachable && stats.has_model() && !model_) model_ = stats.model();
   changed_.notify_all();
 }
 

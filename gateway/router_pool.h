@@ -5,7 +5,7 @@
 // it is unhealthy or draining, gets no new requests until a poll finds it well again; a
 // request that finds a replica unreachable marks it down at once (mark_down).
 //
-// Thread-safe: the poller thread writes replica state under a mutex; any thread chooses.
+// Thread-safe: a poller thread per replica writes replica state under a mutex; any thread chooses.
 #pragma once
 
 #include <atomic>
@@ -78,8 +78,8 @@ class RouterPool {
   bool wait_ready(std::chrono::milliseconds timeout);
 
  private:
-  void poll_loop();
-  void poll_once();
+  void poll_loop(size_t index);
+  void poll_once(size_t index);
 
   const RouterPoolOptions options_;
   std::vector<std::unique_ptr<Replica>> replicas_;
@@ -89,8 +89,7 @@ class RouterPool {
   std::vector<std::chrono::steady_clock::time_point> last_healthy_;
   std::optional<v1::ModelInfo> model_;
   bool stop_ = false;
-  const v1::GetStatsRequest empty_request_;
-  std::thread poller_;
+  std::vector<std::thread> pollers_;  // one per replica
 };
 
 }  // namespace tessera::gateway
