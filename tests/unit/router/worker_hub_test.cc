@@ -282,7 +282,7 @@ TEST_CASE("requests run on the attached worker with the engine's own tokens, a l
 
 TEST_CASE("Router.Generate streams the engine's tokens, Abort and client cancel end requests", "[router][worker]") {
   router::WorkerHubService hub({});
-  router::RouterService router_service(hub);
+  router::RouterService router_service(hub, "test-router");
   auto local = testing::start_local_grpc_server({&hub, &router_service});
   const int port = local.port;
   auto stub = v1::Router::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
@@ -513,7 +513,7 @@ TEST_CASE("a request its group gives back before any token is placed on another 
   router::GroupOptions options;
   options.worker_timeout = std::chrono::milliseconds(300);
   router::WorkerHubService hub(options);
-  router::RouterService router_service(hub);
+  router::RouterService router_service(hub, "test-router");
   auto local = testing::start_local_grpc_server({&hub, &router_service});
   auto engine = tiny_engine();
   worker::WorkerSession real(*engine, session_options(local.port, "b", "real"));
