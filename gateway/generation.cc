@@ -214,7 +214,8 @@ void GenerationJob::on_response(Call* call, const v1::GenerateResponse& response
       finish_choice(c, f.reason(), delta);
     }
   }
-  if (c.finished && c.result.reason == v1::FINISH_REASON_STOP_STRING) call->context.TryCancel();
+  // Nothing more is wanted from this call: a stop string matched, or the choice failed.
+  if (error_ || (c.finished && c.result.reason == v1::FINISH_REASON_STOP_STRING)) call->context.TryCancel();
   c.result.text += delta.text;
   c.result.token_ids.insert(c.result.token_ids.end(), delta.token_ids.begin(), delta.token_ids.end());
   c.result.logprobs.insert(c.result.logprobs.end(), delta.logprobs.begin(), delta.logprobs.end());

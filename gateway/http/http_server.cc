@@ -67,8 +67,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     parser_->header_limit(options_.max_header_bytes);
     parser_->body_limit(options_.max_body_bytes);
     stream_.expires_after(num_requests_ == 0 ? options_.read_timeout : options_.idle_timeout);
-    bhttp::async_read(stream_, buffer_, *parser_,
-                      [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
   }
 
   void respond(Response r) {
@@ -130,6 +130,28 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
  private:
+  // The header is in. A client that asked `Expect: 100-continue` (curl does for bodies over
+  // 1 KiB) waits for a go-ahead before it sends the body; the body gets the read timeout.
+  void on_header(beast::error_code ec) {
+    if (ec) return on_read(ec);
+    stream_.expires_after(options_.read_timeout);
+    auto read_body = [self = shared_from_this()] {
+      bhttp::async_read(self->stream_, self->buffer_, *self->parser_,
+                        [self](beast::error_code e, size_t) { self->on_read(e); });
+    };
+    const auto& req = parser_->get();
+    if (req.version() >= 11 && beast::iequals(req[bhttp::field::expect], "100-continue") && !parser_->is_done()) {
+      static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      asio::async_write(stream_, asio::buffer(kContinue),
+                        [self = shared_from_this(), read_body](beast::error_code e, size_t) {
+                          if (e) return self->close();
+                          read_body();
+                        });
+      return;
+    }
+    read_body();
+  }
+
   void on_read(beast::error_code ec) {
     if (ec == bhttp::error::body_limit) {
       return refuse(413, "the request body exceeds " + std::to_string(options_.max_body_bytes) + " bytes",

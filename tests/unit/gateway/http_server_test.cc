@@ -226,3 +226,18 @@ TEST_CASE("a handler that throws gets a 500 in OpenAI's error shape", "[gateway]
   CHECK(r.result_int() == 500);
   CHECK(r.body().find("boom") != std::string::npos);
 }
+
+TEST_CASE("a client that expects 100-continue gets the go-ahead before it sends its body", "[gateway][http]") {
+  auto server = start(echo);
+  Client c(server->port());
+  const std::string head =
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+  asio::write(c.stream, asio::buffer(head));
+  bhttp::response_parser<bhttp::empty_body> interim;
+  bhttp::read_header(c.stream, c.buffer, interim);
+  CHECK(interim.get().result_int() == 100);
+  asio::write(c.stream, asio::buffer(std::string("hello")));
+  auto r = c.read();
+  CHECK(r.result_int() == 200);
+  CHECK(r.body() == "POST /v1/completions 5");
+}
