@@ -219,6 +219,32 @@ void ApiService::run(const std::shared_ptr<http::Exchange>& ex, std::shared_ptr<
   });
 }
 
+void ApiService::start_openai(const std::shared_ptr<http::Exchange>& ex, const std::string& endpoint, ApiFlavor flavor,
+                              const GenerationOptions& options, Clock::time_point arrival,
+                              std::vector<ChoiceSpec> choices, std::vector<std::string> echo) {
+  metrics_.observe_tokenize(std::chrono::duration<double>(Clock::now() - arrival).count());
+  auto slot = admit();
+  if (auto* e = std::get_if<ApiError>(&slot)) return answer(ex, endpoint, error_response(*e));
+  auto admission = std::get<std::shared_ptr<Admission>>(slot);
+  OpenAiSinkOptions so;
+  so.flavor = flavor;
+  so.head = {new_id(flavor == ApiFlavor::kChat ? "chatcmpl" : "cmpl"), unix_seconds(), options.model};
+  so.stream = options.stream;
+  so.include_usage = options.include_usage;
+  so.logprobs = options.sampling.logprobs();
+  so.n = options.n;
+  so.echo_prefix = std::move(echo);
+  JobOptions jo;
+  jo.request_id = so.head.id;
+  jo.model = options.model;
+  jo.stop = options.stop;
+  jo.skip_special_tokens = options.skip_special_tokens;
+  jo.logprobs = so.logprobs;
+  jo.arrival = arrival;
+  auto sink = make_openai_sink({ex, &metrics_, endpoint, [admission] { admission->release(); }}, std::move(so));
+  run(ex, admission, std::move(jo), std::move(choices), std::move(sink));
+}
+
 void ApiService::completions(const std::shared_ptr<http::Exchange>& ex) {
   const std::string endpoint = "/v1/completions";
   const auto arrival = Clock::now();
@@ -257,27 +283,7 @@ void ApiService::completions(const std::shared_ptr<http::Exchange>& ex) {
       if (r.echo) echo.push_back(prompt_text);
     }
   }
-  metrics_.observe_tokenize(std::chrono::duration<double>(Clock::now() - arrival).count());
-  auto slot = admit();
-  if (auto* e = std::get_if<ApiError>(&slot)) return answer(ex, endpoint, error_response(*e));
-  auto admission = std::get<std::shared_ptr<Admission>>(slot);
-  OpenAiSinkOptions so;
-  so.flavor = ApiFlavor::kCompletion;
-  so.head = {new_id("cmpl"), unix_seconds(), r.options.model};
-  so.stream = r.options.stream;
-  so.include_usage = r.options.include_usage;
-  so.logprobs = r.options.sampling.logprobs();
-  so.n = r.options.n;
-  so.echo_prefix = std::move(echo);
-  JobOptions jo;
-  jo.request_id = so.head.id;
-  jo.model = r.options.model;
-  jo.stop = r.options.stop;
-  jo.skip_special_tokens = r.options.skip_special_tokens;
-  jo.logprobs = so.logprobs;
-  jo.arrival = arrival;
-  auto sink = make_openai_sink({ex, &metrics_, endpoint, [admission] { admission->release(); }}, std::move(so));
-  run(ex, admission, std::move(jo), std::move(choices), std::move(sink));
+  start_openai(ex, endpoint, ApiFlavor::kCompletion, r.options, arrival, std::move(choices), std::move(echo));
 }
 
 void ApiService::chat_completions(const std::shared_ptr<http::Exchange>& ex) {
@@ -309,26 +315,7 @@ void ApiService::chat_completions(const std::shared_ptr<http::Exchange>& ex) {
     if (c.sampling.has_seed() && k > 0) c.sampling.set_seed(c.sampling.seed() + k);
     choices.push_back(std::move(c));
   }
-  metrics_.observe_tokenize(std::chrono::duration<double>(Clock::now() - arrival).count());
-  auto slot = admit();
-  if (auto* e = std::get_if<ApiError>(&slot)) return answer(ex, endpoint, error_response(*e));
-  auto admission = std::get<std::shared_ptr<Admission>>(slot);
-  OpenAiSinkOptions so;
-  so.flavor = ApiFlavor::kChat;
-  so.head = {new_id("chatcmpl"), unix_seconds(), r.options.model};
-  so.stream = r.options.stream;
-  so.include_usage = r.options.include_usage;
-  so.logprobs = r.options.sampling.logprobs();
-  so.n = r.options.n;
-  JobOptions jo;
-  jo.request_id = so.head.id;
-  jo.model = r.options.model;
-  jo.stop = r.options.stop;
-  jo.skip_special_tokens = r.options.skip_special_tokens;
-  jo.logprobs = so.logprobs;
-  jo.arrival = arrival;
-  auto sink = make_openai_sink({ex, &metrics_, endpoint, [admission] { admission->release(); }}, std::move(so));
-  run(ex, admission, std::move(jo), std::move(choices), std::move(sink));
+  start_openai(ex, endpoint, ApiFlavor::kChat, r.options, arrival, std::move(choices), {});
 }
 
 void ApiService::generate(const std::shared_ptr<http::Exchange>& ex, bool stream) {

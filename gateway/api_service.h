@@ -23,6 +23,7 @@
 #include "gateway/gateway_metrics.h"
 #include "gateway/generation.h"
 #include "gateway/http/http_server.h"
+#include "gateway/response_sinks.h"
 #include "gateway/router_pool.h"
 #include "gateway/tokenizer/tokenizer.h"
 #include "tessera/common/metrics.h"
@@ -77,6 +78,10 @@ class ApiService {
   std::optional<ApiError> check_token_ids(const std::vector<int32_t>& ids, const char* param) const;
   // Takes an in-flight slot, or says why not (429 at the cap, 503 while draining).
   std::variant<std::shared_ptr<Admission>, ApiError> admit();
+  // Admits an OpenAI request and starts its job with the sink of its flavor.
+  void start_openai(const std::shared_ptr<http::Exchange>& ex, const std::string& endpoint, ApiFlavor flavor,
+                    const GenerationOptions& options, std::chrono::steady_clock::time_point arrival,
+                    std::vector<ChoiceSpec> choices, std::vector<std::string> echo);
   // Starts the job; the exchange's disconnect cancels it.
   void run(const std::shared_ptr<http::Exchange>& ex, std::shared_ptr<Admission> slot, JobOptions options,
            std::vector<ChoiceSpec> choices, std::shared_ptr<GenerationSink> sink);

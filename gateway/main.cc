@@ -3,8 +3,6 @@
 // and serves the API, /health, /ready and /metrics on gateway.host:gateway.port.
 // SIGTERM/SIGINT drain it: /ready turns 503, new requests get 503, in-flight ones get
 // gateway.drain_timeout_s to finish (then they are cancelled), and it exits 0.
-#include <pthread.h>
-#include <signal.h>
 
 #include <cstdio>
 
@@ -54,11 +52,7 @@ tessera::Result<tessera::gateway::ModelText> load_model_text(const std::string& 
 
 int serve(const tessera::Config& config) {
   using namespace tessera;
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const cli::StopSignals signals;
 
   auto path = resolve_model_path(config.model);
   if (!path) return cli::fail(kProgram, path.status());
@@ -92,8 +86,7 @@ int serve(const tessera::Config& config) {
   for (const auto& r : config.gateway.routers) std::fprintf(stderr, " %s", r.c_str());
   std::fprintf(stderr, "\n");
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  signals.wait();
   std::fprintf(stderr, "%s: draining %lld in-flight requests (up to %u s)\n", kProgram,
                static_cast<long long>(api.num_in_flight()), config.gateway.drain_timeout_s);
   api.stop_admitting();

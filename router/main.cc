@@ -5,8 +5,6 @@
 // new requests are refused, live ones get router.drain_timeout_s to finish, then the
 // workers are detached (they re-dial the next router) and it exits.
 #include <grpcpp/grpcpp.h>
-#include <pthread.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -38,11 +36,7 @@ constexpr const char* kHelp =
 
 int serve(const tessera::Config& config) {
   using namespace tessera;
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const cli::StopSignals signals;
 
   metrics::Registry registry({{"tier", "router"}});
   router::RouterMetrics router_metrics(registry);
@@ -88,8 +82,7 @@ int serve(const tessera::Config& config) {
   std::fprintf(stderr, "%s: serving Router and WorkerHub on %s (port %d); /metrics, /health, /ready on port %u\n",
                kProgram, config.router.listen.c_str(), port, (*status)->port());
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  signals.wait();
   std::fprintf(stderr, "%s: draining (up to %u s)\n", kProgram, config.router.drain_timeout_s);
   router_service.stop_admitting();
   const bool drained = router_service.wait_drained(std::chrono::seconds(config.router.drain_timeout_s));

@@ -85,11 +85,7 @@ int serve(const tessera::Config& config) {
     case LoadFormat::kAuto: break;
   }
   // SIGTERM/SIGINT are blocked in every thread; one thread waits for them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const cli::StopSignals signals;
 
   std::atomic<bool> loaded{false};
   std::atomic<bool> stopping{false};
@@ -149,15 +145,13 @@ int serve(const tessera::Config& config) {
   // SIGTERM drains: the router finishes this worker's requests and then detaches it for
   // good (run() returns). A second signal, or router.drain_timeout_s, stops at once.
   std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
+    signals.wait();
     if (run_returned) return;
     stopping = true;
     if (session.attached()) {
       std::fprintf(stderr, "%s: draining (up to %u s)\n", kProgram, config.router.drain_timeout_s);
       session.drain();
-      const timespec limit{static_cast<time_t>(config.router.drain_timeout_s), 0};
-      sigtimedwait(&signals, nullptr, &limit);
+      signals.wait_for(std::chrono::seconds(config.router.drain_timeout_s));
     }
     session.stop();
   });

@@ -1,5 +1,7 @@
 #include "tessera/common/cli.h"
 
+#include <pthread.h>
+
 #include <cstdio>
 
 #include "tessera/common/version.h"
@@ -44,17 +46,22 @@ int usage_error(std::string_view program, std::string_view message) {
   return 2;
 }
 
-int run_unbuilt_tier(int argc, char** argv, std::string_view program, std::string_view summary) {
-  const std::string p(program);
-  const std::string help = "Usage: " + p + " [--help] [--version]\n\n" + std::string(summary) +
-                           "\n\nOptions:\n"
-                           "  -h, --help     show this help and exit\n"
-                           "      --version  print the version and exit\n";
-  const auto args = args_of(argc, argv);
-  if (auto code = handle_help_and_version(args, program, help)) return *code;
-  if (!args.empty()) return usage_error(program, "unknown argument '" + args.front() + "'");
-  std::fprintf(stderr, "%s: the service is not built yet in this version\n", p.c_str());
-  return 1;
+StopSignals::StopSignals() {
+  sigemptyset(&set_);
+  sigaddset(&set_, SIGTERM);
+  sigaddset(&set_, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+}
+
+int StopSignals::wait() const {
+  int sig = 0;
+  sigwait(&set_, &sig);
+  return sig;
+}
+
+bool StopSignals::wait_for(std::chrono::seconds timeout) const {
+  const timespec limit{static_cast<time_t>(timeout.count()), 0};
+  return sigtimedwait(&set_, nullptr, &limit) > 0;
 }
 
 }  // namespace tessera::cli

@@ -1,4 +1,5 @@
 #include "tessera/common/http_status_server.h"
+#include "tessera/common/tcp_listener.h"
 
 #include <atomic>
 #include <optional>
@@ -135,18 +136,7 @@ Result<std::unique_ptr<StatusServer>> StatusServer::start(const StatusServerOpti
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->routes = std::move(routes);
-  beast::error_code ec;
-  const auto address = asio::ip::make_address(options.host, ec);
-  if (ec) return invalid_argument("http status server: bad host '" + options.host + "': " + ec.message());
-  const tcp::endpoint endpoint(address, options.port);
-  impl->acceptor.open(endpoint.protocol(), ec);
-  if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) impl->acceptor.bind(endpoint, ec);
-  if (!ec) impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    return unavailable("http status server: cannot listen on " + options.host + ":" + std::to_string(options.port) +
-                       ": " + ec.message());
-  }
+  TESSERA_RETURN_IF_ERROR(net::listen(impl->acceptor, options.host, options.port, "http status server"));
   impl->port = impl->acceptor.local_endpoint().port();
   impl->accept();
   Impl* raw = impl.get();

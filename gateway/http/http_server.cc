@@ -1,5 +1,7 @@
 #include "gateway/http/http_server.h"
 
+#include "tessera/common/tcp_listener.h"
+
 #include <algorithm>
 #include <atomic>
 #include <boost/asio.hpp>
@@ -356,22 +358,11 @@ HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HttpServer::~HttpServer() { stop(); }
 
 Result<std::unique_ptr<HttpServer>> HttpServer::start(const ServerOptions& options, Handler handler) {
-  if (Status s = options.validate(); !s.is_ok()) return s;
+  TESSERA_RETURN_IF_ERROR(options.validate());
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->handler = std::move(handler);
-  beast::error_code ec;
-  const auto address = asio::ip::make_address(options.host, ec);
-  if (ec) return invalid_argument("gateway: bad listen address " + options.host + ": " + ec.message());
-  const tcp::endpoint endpoint(address, options.port);
-  impl->acceptor.open(endpoint.protocol(), ec);
-  if (!ec) impl->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) impl->acceptor.bind(endpoint, ec);
-  if (!ec) impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    return unavailable("gateway: cannot listen on " + options.host + ":" + std::to_string(options.port) + ": " +
-                       ec.message());
-  }
+  TESSERA_RETURN_IF_ERROR(net::listen(impl->acceptor, options.host, options.port, "gateway"));
   impl->port = impl->acceptor.local_endpoint().port();
   impl->accept();
   for (int i = 0; i < options.num_threads; ++i) {

@@ -33,12 +33,12 @@ def test_unknown_argument_is_a_usage_error(binary, name):
     assert f"Try '{name} --help'" in r.stderr
 
 
-@pytest.mark.parametrize("name", ["tessera-gateway"])
-def test_tier_without_its_service_refuses_to_start(binary, name):
-    # Until a tier's service lands it must not pretend to serve.
-    r = run([binary(name)])
+def test_gateway_without_its_model_files_refuses_to_start(binary, tmp_path):
+    # The gateway tokenizes, so it needs the model's tokenizer before it listens.
+    missing = tmp_path / "missing.gguf"
+    r = run([binary("tessera-gateway"), "--set", f"model.path={missing}", "--set", "gateway.port=0"])
     assert r.returncode == 1
-    assert "not built yet" in r.stderr
+    assert str(missing) in r.stderr
 
 
 def test_worker_lists_cpu_features(binary):

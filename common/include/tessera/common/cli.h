@@ -1,6 +1,9 @@
 // Command-line helpers shared by the tier binaries and the `tessera` launcher.
 #pragma once
 
+#include <signal.h>
+
+#include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,8 +31,18 @@ int fail(std::string_view who, const Status& status);
 // Prints "PROGRAM: message" and a hint to stderr; returns the usage-error exit code (2).
 int usage_error(std::string_view program, std::string_view message);
 
-// main() of a tier whose service is not built yet: answers --help and --version, rejects
-// other arguments, and otherwise refuses to start (exit 1) rather than pretend to serve.
-int run_unbuilt_tier(int argc, char** argv, std::string_view program, std::string_view summary);
+// SIGTERM and SIGINT, blocked in the thread that constructs this and in every thread it
+// starts afterwards (construct it first in main), so that one thread takes them in turn.
+class StopSignals {
+ public:
+  StopSignals();
+  // Blocks until one arrives; returns it.
+  int wait() const;
+  // Blocks until one arrives (true) or the timeout passes (false).
+  bool wait_for(std::chrono::seconds timeout) const;
+
+ private:
+  sigset_t set_;
+};
 
 }  // namespace tessera::cli
