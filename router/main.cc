@@ -98,9 +98,7 @@ int serve(const tessera::Config& config) {
 int main(int argc, char** argv) {
   const auto args = tessera::cli::args_of(argc, argv);
   if (auto code = tessera::cli::handle_help_and_version(args, kProgram, kHelp)) return *code;
-  auto sources = tessera::parse_config_flags(args);
-  if (!sources) return tessera::cli::usage_error(kProgram, sources.status().message());
-  auto config = tessera::load_config(*sources);
-  if (!config) return tessera::cli::fail(kProgram, config.status());
-  return serve(*config);
+  auto config = tessera::cli::load_tier_config(args, kProgram);
+  if (const int* code = std::get_if<int>(&config)) return *code;
+  return serve(std::get<tessera::Config>(config));
 }

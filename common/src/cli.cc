@@ -46,6 +46,14 @@ int usage_error(std::string_view program, std::string_view message) {
   return 2;
 }
 
+std::variant<Config, int> load_tier_config(const std::vector<std::string>& args, std::string_view program) {
+  auto sources = parse_config_flags(args);
+  if (!sources) return usage_error(program, sources.status().message());
+  auto config = load_config(*sources);
+  if (!config) return fail(program, config.status());
+  return std::move(*config);
+}
+
 StopSignals::StopSignals() {
   sigemptyset(&set_);
   sigaddset(&set_, SIGTERM);

@@ -7,7 +7,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
+
+#include "tessera/common/config.h"
 
 #include "tessera/common/status.h"
 
@@ -30,6 +33,10 @@ int fail(std::string_view who, const Status& status);
 
 // Prints "PROGRAM: message" and a hint to stderr; returns the usage-error exit code (2).
 int usage_error(std::string_view program, std::string_view message);
+
+// The configuration a tier's arguments name (--config FILE, --set KEY=VALUE), or, printed
+// already, the exit code of why there is none (2: a usage error, 1: a bad configuration).
+std::variant<Config, int> load_tier_config(const std::vector<std::string>& args, std::string_view program);
 
 // SIGTERM and SIGINT, blocked in the thread that constructs this and in every thread it
 // starts afterwards (construct it first in main), so that one thread takes them in turn.
