@@ -1,5 +1,6 @@
 #include "gateway/api_service.h"
 
+#include <cctype>
 #include <random>
 
 #include "gateway/response_sinks.h"
@@ -87,8 +88,13 @@ void ApiService::handle(const std::shared_ptr<http::Exchange>& ex) {
   }
   if (!options_.api_keys.empty()) {
     const std::string_view auth = req.header("authorization");
-    const std::string_view bearer = "Bearer ";
-    const bool ok = auth.substr(0, bearer.size()) == bearer &&
+    const std::string_view bearer = "bearer ";
+    auto lower = [](std::string_view s) {
+      std::string out(s);
+      for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      return out;
+    };
+    const bool ok = lower(auth.substr(0, bearer.size())) == bearer &&
                     std::find(options_.api_keys.begin(), options_.api_keys.end(), auth.substr(bearer.size())) !=
                         options_.api_keys.end();
     if (!ok) {
@@ -125,7 +131,10 @@ void ApiService::handle(const std::shared_ptr<http::Exchange>& ex) {
     if (!post) return answer(ex, path, error_response({405, "invalid_request_error", "use POST for " + path, "", "method_not_allowed"}));
     return generate(ex, path == "/generate_stream");
   }
-  if (path.rfind("/v1/models/", 0) == 0 && get) return models(ex);
+  if (path.rfind("/v1/models/", 0) == 0) {
+    if (!get) return answer(ex, "/v1/models", error_response({405, "invalid_request_error", "use GET for " + path, "", "method_not_allowed"}));
+    return models(ex);
+  }
   answer(ex, "other", error_response({404, "invalid_request_error", "no endpoint " + req.method + " " + path, "", "not_found"}));
 }
 
@@ -215,7 +224,7 @@ void ApiService::run(const std::shared_ptr<http::Exchange>& ex, std::shared_ptr<
   }
   std::weak_ptr<GenerationJob> weak = job;
   ex->on_client_gone([weak] {
-    if (auto j = weak.lock()) j->cancel();
+    if (auto j = weak.lock()) j->cancel({499, "client_closed", "the client closed the connection", "", ""});
   });
 }
 
@@ -223,6 +232,11 @@ void ApiService::start_openai(const std::shared_ptr<http::Exchange>& ex, const s
                               const GenerationOptions& options, Clock::time_point arrival,
                               std::vector<ChoiceSpec> choices, std::vector<std::string> echo) {
   metrics_.observe_tokenize(std::chrono::duration<double>(Clock::now() - arrival).count());
+  const std::vector<int32_t> stop_ids(options.sampling.stop_token_ids().begin(), options.sampling.stop_token_ids().end());
+  std::vector<int32_t> biased;
+  for (const auto& [id, bias] : options.sampling.logit_bias()) biased.push_back(id);
+  if (auto e = check_token_ids(stop_ids, "stop_token_ids")) return answer(ex, endpoint, error_response(*e));
+  if (auto e = check_token_ids(biased, "logit_bias")) return answer(ex, endpoint, error_response(*e));
   auto slot = admit();
   if (auto* e = std::get_if<ApiError>(&slot)) return answer(ex, endpoint, error_response(*e));
   auto admission = std::get<std::shared_ptr<Admission>>(slot);
@@ -286,6 +300,17 @@ void ApiService::completions(const std::shared_ptr<http::Exchange>& ex) {
   start_openai(ex, endpoint, ApiFlavor::kCompletion, r.options, arrival, std::move(choices), std::move(echo));
 }
 
+std::variant<std::string, ApiError> ApiService::render_chat(const ChatRequest& r) const {
+  if (!model_.chat_template) return bad_request("this model has no chat template; use /v1/completions", "messages");
+  chat_template::ChatRenderRequest render;
+  for (const ChatMessage& m : r.messages) render.messages.push_back(nlohmann::ordered_json::parse(m.raw.dump()));
+  if (r.tools) render.tools = nlohmann::ordered_json::parse(r.tools->dump());
+  render.add_generation_prompt = r.add_generation_prompt;
+  auto rendered = model_.chat_template->render(render);
+  if (!rendered) return bad_request("the chat template failed on these messages: " + rendered.status().message(), "messages");
+  return std::move(*rendered);
+}
+
 void ApiService::chat_completions(const std::shared_ptr<http::Exchange>& ex) {
   const std::string endpoint = "/v1/chat/completions";
   const auto arrival = Clock::now();
@@ -293,17 +318,11 @@ void ApiService::chat_completions(const std::shared_ptr<http::Exchange>& ex) {
   if (auto* e = std::get_if<ApiError>(&parsed)) return answer(ex, endpoint, error_response(*e));
   ChatRequest& r = std::get<ChatRequest>(parsed);
   if (auto e = check_model(r.options.model)) return answer(ex, endpoint, error_response(*e));
-  if (!model_.chat_template) {
-    return answer(ex, endpoint, error_response(bad_request("this model has no chat template; use /v1/completions", "messages")));
-  }
-  chat_template::ChatRenderRequest render;
-  for (const ChatMessage& m : r.messages) render.messages.push_back(nlohmann::ordered_json::parse(m.raw.dump()));
-  render.add_generation_prompt = r.add_generation_prompt;
-  auto rendered = model_.chat_template->render(render);
-  if (!rendered) return answer(ex, endpoint, error_response(bad_request("the chat template failed on these messages: " + rendered.status().message(), "messages")));
+  auto rendered = render_chat(r);
+  if (auto* e = std::get_if<ApiError>(&rendered)) return answer(ex, endpoint, error_response(*e));
   tokenizer::EncodeOptions eo;
   eo.add_special_tokens = tokenizer::SpecialTokens::kNone;  // the template wrote them
-  auto ids = model_.tokenizer.encode(*rendered, eo);
+  auto ids = model_.tokenizer.encode(std::get<std::string>(rendered), eo);
   if (!ids) return answer(ex, endpoint, error_response(bad_request("the messages cannot be tokenized: " + ids.status().message(), "messages")));
   ChoiceSpec spec;
   spec.prompt.assign(ids->begin(), ids->end());
@@ -367,13 +386,9 @@ void ApiService::tokenize(const std::shared_ptr<http::Exchange>& ex) {
     body["model"] = options_.served_name;
     auto chat = parse_chat_request(body.dump());
     if (auto* e = std::get_if<ApiError>(&chat)) return answer(ex, endpoint, error_response(*e));
-    if (!model_.chat_template) return answer(ex, endpoint, error_response(bad_request("this model has no chat template", "messages")));
-    chat_template::ChatRenderRequest render;
-    for (const ChatMessage& m : std::get<ChatRequest>(chat).messages) render.messages.push_back(nlohmann::ordered_json::parse(m.raw.dump()));
-    render.add_generation_prompt = std::get<ChatRequest>(chat).add_generation_prompt;
-    auto rendered = model_.chat_template->render(render);
-    if (!rendered) return answer(ex, endpoint, error_response(bad_request("the chat template failed: " + rendered.status().message(), "messages")));
-    text = *rendered;
+    auto rendered = render_chat(std::get<ChatRequest>(chat));
+    if (auto* e = std::get_if<ApiError>(&rendered)) return answer(ex, endpoint, error_response(*e));
+    text = std::get<std::string>(rendered);
     if (!j.contains("add_special_tokens")) add_special = false;
   } else if (j.contains("prompt") && j["prompt"].is_string()) {
     text = j["prompt"].get<std::string>();
@@ -441,7 +456,9 @@ void ApiService::cancel_all() {
       if (auto j = weak.lock()) live.push_back(std::move(j));
     }
   }
-  for (auto& j : live) j->cancel();
+  for (auto& j : live) {
+    j->cancel({503, "service_unavailable", "the server shut down before the request finished; retry", "", "draining"});
+  }
 }
 
 int64_t ApiService::num_in_flight() const {

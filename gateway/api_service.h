@@ -55,7 +55,8 @@ class ApiService {
   bool admitting() const { return admitting_; }
   // True once no generation is in flight (before the timeout).
   bool wait_idle(std::chrono::milliseconds timeout);
-  // Cancels every generation in flight (their clients get what was produced so far).
+  // Cancels every generation in flight; each client gets a 503 (or, mid-stream, an error
+  // event and the end of the stream).
   void cancel_all();
   int64_t num_in_flight() const;
 
@@ -69,6 +70,8 @@ class ApiService {
   void models(const std::shared_ptr<http::Exchange>& ex);
   http::Response metrics_response();
 
+  // The prompt text of a chat request (its messages and tools through the chat template).
+  std::variant<std::string, ApiError> render_chat(const ChatRequest& request) const;
   // The context window, or 503 while no router has described the model yet.
   std::optional<uint32_t> context_length() const;
   // Checks the prompt against the context and fills max_tokens; an error names the numbers.

@@ -20,7 +20,7 @@ GatewayMetrics::GatewayMetrics(metrics::Registry& r)
                                "Mean gap between a request's tokens after the first (time per output token).",
                                metrics::exponential_buckets(0.0005, 2.0, 14))
                        .get()),
-      e2e_(r.histogram("tessera_e2e_request_latency_seconds", "Arrival at the gateway to the last byte.",
+      e2e_(r.histogram("tessera_e2e_request_latency_seconds", "Arrival at the gateway to the end of generation.",
                        latency_buckets())
                .get()),
       tokenize_(r.histogram("tessera_gateway_tokenize_seconds", "Chat template rendering and tokenization of a request.",

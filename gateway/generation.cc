@@ -170,9 +170,9 @@ void GenerationJob::launch_call(Call* call) {
   call->StartCall();
 }
 
-void GenerationJob::cancel() {
+void GenerationJob::cancel(ApiError why) {
   std::lock_guard lock(mutex_);
-  cancelled_ = true;
+  if (!cancelled_) cancelled_ = std::move(why);
   for (auto& call : calls_) {
     if (!call->done) call->context.TryCancel();
   }
@@ -323,9 +323,7 @@ void GenerationJob::maybe_done() {
                                     static_cast<double>(num_tokens - results.size()));
     }
   }
-  std::optional<ApiError> error = error_;
-  if (cancelled_ && !error) error = ApiError{499, "client_closed", "the client closed the connection", "", ""};
-  sink_->on_done(results, error);
+  sink_->on_done(results, error_ ? error_ : cancelled_);
 }
 
 }  // namespace tessera::gateway

@@ -82,9 +82,10 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
                                               GatewayMetrics* metrics, JobOptions options,
                                               std::vector<ChoiceSpec> choices, std::shared_ptr<GenerationSink> sink);
   ~GenerationJob();
-  // The client went away: every call is cancelled (the router aborts within a step); the
-  // sink still gets on_done.
-  void cancel();
+  // Every call is cancelled (the router aborts within a step); the sink still gets on_done,
+  // with `why` as the error: 499 when the client went away (nothing is sent), 503 when the
+  // server stops (the client is told).
+  void cancel(ApiError why);
 
   struct Call;  // one attempt of one choice (a gRPC reactor)
 
@@ -113,7 +114,7 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
   std::vector<std::unique_ptr<Choice>> choices_;
   std::vector<std::unique_ptr<Call>> calls_;  // every attempt, until the job ends
   std::optional<ApiError> error_;
-  bool cancelled_ = false;
+  std::optional<ApiError> cancelled_;  // why the job was cancelled
   bool done_ = false;
   std::optional<std::chrono::steady_clock::time_point> first_token_;
   std::shared_ptr<GenerationJob> self_;  // kept until on_done

@@ -12,6 +12,7 @@
 #include "gateway/router_pool.h"
 #include "tessera/common/cli.h"
 #include "tessera/common/config.h"
+#include "tessera/common/files.h"
 #include "tessera/common/metrics.h"
 #include "worker/loader/gguf_file.h"
 
@@ -33,7 +34,9 @@ constexpr const char* kHelp =
     "  -h, --help          show this help and exit\n"
     "      --version       print the version and exit\n";
 
-tessera::Result<tessera::gateway::ModelText> load_model_text(const std::string& path) {
+// The tokenizer and chat template of the model at `path`; `template_path`, when set, is a
+// Jinja file that replaces the model's own template (model.chat_template_path).
+tessera::Result<tessera::gateway::ModelText> load_model_text(const std::string& path, const std::string& template_path) {
   using namespace tessera;
   auto where = model_files::locate_model(path);
   if (!where) return where.status();
@@ -45,6 +48,13 @@ tessera::Result<tessera::gateway::ModelText> load_model_text(const std::string& 
   }
   auto tok = model_files::load_tokenizer(*where, gguf ? &*gguf : nullptr);
   if (!tok) return tok.status().with_context("tokenizer of " + path);
+  if (!template_path.empty()) {
+    auto source = read_file(template_path, "chat template");
+    if (!source) return source.status();
+    auto tmpl = chat_template::ChatTemplate::from_string(*source);
+    if (!tmpl) return tmpl.status().with_context(template_path);
+    return gateway::ModelText{std::move(*tok), std::move(*tmpl)};
+  }
   auto tmpl = model_files::load_chat_template(*where, gguf ? &*gguf : nullptr);
   if (!tmpl) return tmpl.status().with_context("chat template of " + path);
   return gateway::ModelText{std::move(*tok), std::move(*tmpl)};
@@ -56,7 +66,7 @@ int serve(const tessera::Config& config) {
 
   auto path = resolve_model_path(config.model);
   if (!path) return cli::fail(kProgram, path.status());
-  auto text = load_model_text(*path);
+  auto text = load_model_text(*path, config.model.chat_template_path);
   if (!text) return cli::fail(kProgram, text.status());
   const bool has_template = text->chat_template.has_value();
 

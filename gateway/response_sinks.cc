@@ -14,7 +14,8 @@ constexpr const char* kEventStream = "text/event-stream";
 // error that came before anything was sent.
 class SinkBase : public GenerationSink {
  public:
-  explicit SinkBase(SinkContext context) : ctx_(std::move(context)) {}
+  // `done_marker`: the stream ends with `data: [DONE]` (OpenAI), or just ends (LightLLM).
+  SinkBase(SinkContext context, bool done_marker) : ctx_(std::move(context)), done_marker_(done_marker) {}
 
  protected:
   void start_stream_once() {
@@ -31,7 +32,7 @@ class SinkBase : public GenerationSink {
     if (error->status != 499) {  // 499: the client is gone, nobody to tell
       if (started_) {
         ctx_.exchange->write(sse_event(error->to_json()));
-        ctx_.exchange->write(std::string(kSseDone));
+        if (done_marker_) ctx_.exchange->write(std::string(kSseDone));
         ctx_.exchange->end_stream();
       } else {
         ctx_.exchange->respond(error_response(*error));
@@ -46,13 +47,14 @@ class SinkBase : public GenerationSink {
   }
 
   SinkContext ctx_;
+  const bool done_marker_;
   bool started_ = false;
 };
 
 class OpenAiSink final : public SinkBase {
  public:
   OpenAiSink(SinkContext context, OpenAiSinkOptions options)
-      : SinkBase(std::move(context)), o_(std::move(options)) {}
+      : SinkBase(std::move(context), /*done_marker=*/true), o_(std::move(options)) {}
 
   void on_delta(const ChoiceDelta& d, std::function<void()> resume) override {
     if (!o_.stream) return resume();
@@ -62,6 +64,11 @@ class OpenAiSink final : public SinkBase {
     c.text = d.text;
     c.finish_reason = d.finish_reason;
     const bool chat = o_.flavor == ApiFlavor::kChat;
+    if (d.index < o_.echo_prefix.size()) {  // completions echo: the prompt leads the choice's first chunk
+      if (d.index >= echoed_.size()) echoed_.resize(d.index + 1, false);
+      if (!echoed_[d.index]) c.text = o_.echo_prefix[d.index] + c.text;
+      echoed_[d.index] = true;
+    }
     if (o_.logprobs && !d.logprobs.empty()) {
       c.logprobs = chat ? chat_logprobs_json(d.logprobs) : completion_logprobs_json(d.logprobs);
     }
@@ -110,6 +117,7 @@ class OpenAiSink final : public SinkBase {
  private:
   OpenAiSinkOptions o_;
   std::vector<bool> role_sent_;
+  std::vector<bool> echoed_;
 };
 
 // LightLLM: {"generated_text": [text], "count_output_tokens", "finish_reason", "prompt_tokens"}
@@ -117,7 +125,7 @@ class OpenAiSink final : public SinkBase {
 // "finish_reason", "details"}.
 class GenerateSink final : public SinkBase {
  public:
-  GenerateSink(SinkContext context, bool stream) : SinkBase(std::move(context)), stream_(stream) {}
+  GenerateSink(SinkContext context, bool stream) : SinkBase(std::move(context), /*done_marker=*/false), stream_(stream) {}
 
   void on_delta(const ChoiceDelta& d, std::function<void()> resume) override {
     count_ += d.token_ids.size();

@@ -271,6 +271,15 @@ Parsed<ChatRequest> parse_chat_request(std::string_view body) {
       r.options.sampling.set_top_logprobs(static_cast<uint32_t>(top.value_or(0)));
     }
     if (auto v = b.boolean("add_generation_prompt")) r.add_generation_prompt = *v;
+    if (const json* t = b.get("tools")) {
+      if (!t->is_array()) fail("tools", "'tools' must be a list of tool definitions");
+      for (const json& tool : *t) {
+        if (!tool.is_object() || !tool.contains("function") || !tool["function"].is_object()) {
+          fail("tools", "each tool must be an object with a 'function' object");
+        }
+      }
+      r.tools = *t;
+    }
     const json* m = b.get("messages");
     if (!m || !m->is_array() || m->empty()) fail("messages", "'messages' must be a non-empty list of messages");
     for (size_t i = 0; i < m->size(); ++i) {

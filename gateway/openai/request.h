@@ -66,6 +66,7 @@ struct ChatMessage {
 struct ChatRequest {
   GenerationOptions options;
   std::vector<ChatMessage> messages;
+  std::optional<nlohmann::json> tools;  // function schemas, for the chat template (tool_choice is not enforced)
   bool add_generation_prompt = true;
 };
 

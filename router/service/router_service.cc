@@ -42,6 +42,30 @@ struct EventQueue {
   }
 };
 
+int64_t unix_now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Why a request names a token id outside [0, vocab_size), if it does.
+std::optional<std::string> outside_vocabulary(const v1::GenerateRequest& request, uint32_t vocab_size) {
+  auto bad = [&](int64_t id) { return id < 0 || id >= static_cast<int64_t>(vocab_size); };
+  auto say = [&](const char* what, int64_t id) {
+    return std::string(what) + " has token id " + std::to_string(id) + ", outside the vocabulary (0.." +
+           std::to_string(vocab_size - 1) + ")";
+  };
+  for (int32_t id : request.prompt_token_ids()) {
+    if (bad(id)) return say("the prompt", id);
+  }
+  for (int32_t id : request.sampling().stop_token_ids()) {
+    if (bad(id)) return say("stop_token_ids", id);
+  }
+  for (const auto& [id, bias] : request.sampling().logit_bias()) {
+    if (bad(id)) return say("logit_bias", id);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 WorkerGroup* RouterService::place(std::span<const int32_t> prompt, const std::vector<WorkerGroup*>& excluded) {
@@ -62,11 +86,14 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
                                      grpc::ServerWriter<v1::GenerateResponse>* writer) {
   if (request->prompt_token_ids().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "empty prompt"};
   if (!admitting_) return {grpc::StatusCode::UNAVAILABLE, "the router is draining (shutting down)"};
-  if (!request->model().empty()) {
-    const auto model = served_model();
-    if (model && model->name() != request->model()) {
-      return {grpc::StatusCode::NOT_FOUND, "this router serves " + model->name() + ", not " + request->model()};
-    }
+  const auto model = served_model();
+  if (model && !request->model().empty() && model->name() != request->model()) {
+    return {grpc::StatusCode::NOT_FOUND, "this router serves " + model->name() + ", not " + request->model()};
+  }
+  // Token ids reach the worker's kernels and sampler: one outside the vocabulary must be
+  // this request's error, never a fault that ends the whole group's session.
+  if (model && model->vocab_size() > 0) {
+    if (auto bad = outside_vocabulary(*request, model->vocab_size())) return {grpc::StatusCode::INVALID_ARGUMENT, *bad};
   }
   const v1::SamplingParams& sp = request->sampling();
   RequestSpec spec;
@@ -75,7 +102,7 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
   spec.stop.min_tokens = sp.min_tokens();
   spec.stop.ignore_eos = sp.ignore_eos();
   spec.stop.stop_token_ids.assign(sp.stop_token_ids().begin(), sp.stop_token_ids().end());
-  spec.priority = request->priority();
+  spec.priority = -request->priority();  // the contract: lower runs first; the scheduler: higher
   spec.seed = sp.has_seed() ? sp.seed() : std::random_device{}();
   spec.sampling = sampling_payload(sp);
   const std::string gateway_id = request->request_id().empty() ? "r" + std::to_string(next_id_++) : request->request_id();
@@ -124,6 +151,10 @@ grpc::Status RouterService::Generate(grpc::ServerContext* context, const v1::Gen
       if (batch.empty() && context->IsCancelled()) {
         group->abort(id);  // the client is gone: stop computing for it
         return {grpc::StatusCode::CANCELLED, "client cancelled"};
+      }
+      if (request->deadline_unix_us() > 0 && unix_now_us() > request->deadline_unix_us()) {
+        group->abort(id);
+        return {grpc::StatusCode::DEADLINE_EXCEEDED, "the request ran past its deadline"};
       }
       for (const RequestEvent& e : batch) {
         // An error before anything was streamed is the call's status (a refused request,

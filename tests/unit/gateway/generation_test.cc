@@ -258,7 +258,7 @@ TEST_CASE("cancelling a job cancels its router calls and reports the client gone
   auto sink = std::make_shared<Recorder>();
   auto j = GenerationJob::start(pool, tok(), nullptr, job(), choices(2), sink);
   REQUIRE(sink->first_delta.get_future().wait_for(std::chrono::seconds(5)) == std::future_status::ready);
-  j->cancel();
+  j->cancel(ApiError{499, "client_closed", "gone", "", ""});
   auto [results, error] = wait_done(*sink);
   REQUIRE(error);
   CHECK(error->status == 499);
