@@ -17,5 +17,6 @@ int run_tokenize(const Args& args);
 int run_detokenize(const Args& args);
 int run_generate(const Args& args);
 int run_loadgen(const Args& args);
+int run_serve(const Args& args);
 
 }  // namespace tessera::launcher

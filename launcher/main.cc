@@ -11,6 +11,12 @@ constexpr const char* kHelp =
     "Usage: tessera [--help] [--version] <command> [args]\n"
     "\n"
     "Commands:\n"
+    "  serve [--model PATH|default] [--device auto|cpu|cuda] [--host H] [--port 8000]\n"
+    "        [--tp N] [--dp N] [--drain-timeout S] [--router-port N] [--ready-timeout S]\n"
+    "        [--config FILE] [--set KEY=VALUE]...\n"
+    "                        run a whole Tessera on this host: router, workers and gateway as\n"
+    "                        supervised child processes (restarted when they exit); prints the\n"
+    "                        OpenAI API's URL once ready; SIGINT/SIGTERM drain and stop it\n"
     "  config check [--config FILE] [--set KEY=VALUE]...\n"
     "                        load and validate a configuration; print every problem\n"
     "  config dump  [--config FILE] [--set KEY=VALUE]...\n"
@@ -62,5 +68,6 @@ int main(int argc, char** argv) {
   if (args[0] == "detokenize") return launcher::run_detokenize(args);
   if (args[0] == "generate") return launcher::run_generate(args);
   if (args[0] == "loadgen") return launcher::run_loadgen(args);
+  if (args[0] == "serve") return launcher::run_serve(args);
   return tessera::cli::usage_error(launcher::kProgram, "unknown command '" + args[0] + "'");
 }
