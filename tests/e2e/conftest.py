@@ -57,3 +57,14 @@ def test_model() -> pathlib.Path:
 
 def run(args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def gateway_cluster(binary, test_model, repo_root, build_dir, tmp_path_factory):
+    """A real Tessera (router, one CPU worker, gateway) on free ports for the whole session;
+    see gateway_cluster.py. Logs stay under the session's tmp dir."""
+    from gateway_cluster import Cluster
+
+    cluster = Cluster(binary, test_model, repo_root, build_dir, tmp_path_factory.mktemp("gateway-cluster")).start()
+    yield cluster
+    cluster.stop()
