@@ -136,6 +136,7 @@ ServeOptions parse(const Args& args) {
   }
   if (!o.error.empty() || o.help) return o;
   if (o.dp < 1 || (o.tp && *o.tp < 1)) o.error = "--dp and --tp must be at least 1";
+  else if (o.device && *o.device != "auto" && *o.device != "cpu" && *o.device != "cuda") o.error = "--device must be auto, cpu or cuda";
   else if ((o.port && (*o.port < 1 || *o.port > 65535)) || (o.router_port && (*o.router_port < 1 || *o.router_port > 65535))) {
     o.error = "--port and --router-port must be between 1 and 65535";
   } else if (o.ready_timeout_s < 1) {

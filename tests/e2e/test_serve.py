@@ -236,5 +236,7 @@ def test_serve_refuses_bad_flags_before_starting_anything(binary, test_model):
     assert r.returncode == 2 and "--dp and --tp must be at least 1" in r.stderr
     r = run([binary("tessera"), "serve", "--model", test_model, "--port", "18123", "--router-port", "18123"])
     assert r.returncode == 1 and "would both listen on port 18123" in r.stderr
+    r = run([binary("tessera"), "serve", "--device", "tpu"])
+    assert r.returncode == 2 and "--device must be auto, cpu or cuda" in r.stderr
     r = run([binary("tessera"), "serve", "--bogus"])
     assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
