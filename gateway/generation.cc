@@ -14,6 +14,13 @@ int64_t unix_us(std::chrono::system_clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
 }
 
+// Code points in UTF-8 text: OpenAI's text offsets count characters, not bytes.
+size_t num_characters(std::string_view text) {
+  size_t n = 0;
+  for (unsigned char c : text) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
 // One token's own text (special tokens spelled out), as logprobs show it.
 std::string token_text(const tokenizer::Tokenizer& tokenizer, int32_t id) {
   const int32_t ids[] = {id};
@@ -91,6 +98,7 @@ struct GenerationJob::Choice {
   bool received = false;  // a response arrived: no placing it again after that
   bool finished = false;  // the output is complete
   bool ended = false;     // the last attempt's call is done
+  size_t num_chars = 0;   // characters (code points) in result.text
   std::optional<grpc::Status> last_status;
 };
 
@@ -217,6 +225,7 @@ void GenerationJob::on_response(Call* call, const v1::GenerateResponse& response
   // Nothing more is wanted from this call: a stop string matched, or the choice failed.
   if (error_ || (c.finished && c.result.reason == v1::FINISH_REASON_STOP_STRING)) call->context.TryCancel();
   c.result.text += delta.text;
+  c.num_chars += num_characters(delta.text);
   c.result.token_ids.insert(c.result.token_ids.end(), delta.token_ids.begin(), delta.token_ids.end());
   c.result.logprobs.insert(c.result.logprobs.end(), delta.logprobs.begin(), delta.logprobs.end());
   if (!delta.token_ids.empty() && !first_token_) {
@@ -242,10 +251,11 @@ void GenerationJob::absorb(Choice& c, const v1::GenerateResponse& response, Choi
       const v1::PositionLogprobs& lp = response.logprobs(i);
       TokenLogprobText t;
       t.token = token_text(tokenizer_, id);
+      t.bytes = tokenizer_.token_bytes(id);
       t.logprob = lp.chosen().logprob();
-      t.text_offset = c.result.text.size() + delta.text.size();
+      t.text_offset = c.num_chars + num_characters(delta.text);
       for (const v1::TokenLogprob& alt : lp.top()) {
-        t.top.emplace_back(token_text(tokenizer_, alt.token_id()), alt.logprob());
+        t.top.push_back({token_text(tokenizer_, alt.token_id()), alt.logprob(), tokenizer_.token_bytes(alt.token_id())});
       }
       delta.logprobs.push_back(std::move(t));
     }

@@ -105,7 +105,9 @@ int serve(const tessera::Config& config) {
     api.cancel_all();
     drained = api.wait_idle(std::chrono::seconds(5));
   }
-  std::fprintf(stderr, "%s: %s; stopping\n", kProgram, drained ? "drained" : "drain timed out");
+  const bool flushed = (*server)->wait_quiet(std::chrono::seconds(5));  // the last bytes of every answer
+  std::fprintf(stderr, "%s: %s%s; stopping\n", kProgram, drained ? "drained" : "drain timed out",
+               flushed ? "" : " (some answers were still being written)");
   (*server)->stop();
   return 0;
 }

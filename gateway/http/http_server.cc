@@ -8,6 +8,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cctype>
+#include <cerrno>
+#include <sys/socket.h>
 #include <deque>
 #include <optional>
 #include <nlohmann/json.hpp>
@@ -53,11 +55,15 @@ std::string status_line(int status) {
 // One client connection. Everything below runs on the connection's strand.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(tcp::socket socket, const ServerOptions& options, const Handler& handler, std::atomic<int>& active)
-      : stream_(std::move(socket)), options_(options), handler_(handler), active_(active) {
+  Connection(tcp::socket socket, const ServerOptions& options, const Handler& handler, std::atomic<int>& active,
+             std::atomic<int>& open_exchanges)
+      : stream_(std::move(socket)), options_(options), handler_(handler), active_(active), open_exchanges_(open_exchanges) {
     ++active_;
   }
-  ~Connection() { --active_; }
+  ~Connection() {
+    set_open(false);
+    --active_;
+  }
 
   template <typename F>
   void post(F f) {
@@ -196,7 +202,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     keep_alive_ = keep_alive;
     method_ = method;
     in_exchange_ = true;
+    set_open(true);
     ended_ = head_sent_ = chunked_ = gone_ = false;
+  }
+
+  // Counts the exchanges whose answer is not yet written out (HttpServer::wait_quiet).
+  void set_open(bool open) {
+    if (open == counted_open_) return;
+    counted_open_ = open;
+    open ? ++open_exchanges_ : --open_exchanges_;
   }
 
   // An answer to a request that could not be read whole; the connection closes after it.
@@ -211,15 +225,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
     for (const auto& [name, value] : headers) out += name + ": " + value + "\r\n";
   }
 
-  // While the handler works, a read-readiness wait notices a client that hangs up: EOF
-  // (readable with nothing to read) or an error. Bytes of a pipelined request end the watch;
-  // they are read after this exchange.
+  // While the handler works, a read-readiness wait notices a client that hangs up. A peek
+  // tells the cases apart: 0 bytes is EOF (gone), an error other than "would block" is gone
+  // too, bytes are a pipelined request (the watch ends; they are read after this exchange),
+  // and nothing to read yet means the wake-up was spurious (watch again). A wait left over
+  // from an earlier exchange on this connection is recognized by its serial and ignored.
   void watch_for_disconnect() {
-    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
-      if (ec == asio::error::operation_aborted || !self->in_exchange_) return;
-      beast::error_code avail_ec;
-      const size_t available = self->stream_.socket().available(avail_ec);
-      if (ec || avail_ec || available == 0) self->client_gone();
+    const uint64_t serial = num_requests_;
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), serial](beast::error_code ec) {
+      if (ec == asio::error::operation_aborted || !self->in_exchange_ || self->num_requests_ != serial) return;
+      if (ec) return self->client_gone();
+      char byte;
+      const ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0) return;  // a pipelined request
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return self->watch_for_disconnect();
+      self->client_gone();
     });
   }
 
@@ -266,6 +286,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void finish_exchange() {
     in_exchange_ = false;
+    set_open(false);
     gone_callback_ = {};
     if (!keep_alive_) return close();
     beast::error_code ignored;
@@ -274,6 +295,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void close() {
+    set_open(false);
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
     stream_.socket().close(ignored);
@@ -283,6 +305,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const ServerOptions& options_;
   const Handler& handler_;
   std::atomic<int>& active_;
+  std::atomic<int>& open_exchanges_;
+  bool counted_open_ = false;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   uint64_t num_requests_ = 0;
@@ -327,11 +351,14 @@ void Exchange::on_client_gone(std::function<void()> f) {
 }
 
 struct HttpServer::Impl {
+  // Connections still queued in the io_context when it is destroyed refer to the handler
+  // and the counters: those are declared before it, so they outlive it.
   ServerOptions options;
   Handler handler;
+  std::atomic<int> active{0};
+  std::atomic<int> open_exchanges{0};
   asio::io_context ioc;
   tcp::acceptor acceptor{ioc};
-  std::atomic<int> active{0};
   std::vector<std::thread> threads;
   std::atomic<bool> stopped{false};
   uint16_t port = 0;
@@ -346,7 +373,7 @@ struct HttpServer::Impl {
         } else {
           beast::error_code ignored;
           socket.set_option(tcp::no_delay(true), ignored);  // SSE chunks are small and latency-bound
-          std::make_shared<Connection>(std::move(socket), options, handler, active)->read_request();
+          std::make_shared<Connection>(std::move(socket), options, handler, active, open_exchanges)->read_request();
         }
       }
       accept();
@@ -374,6 +401,19 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const ServerOptions& optio
 uint16_t HttpServer::port() const { return impl_->port; }
 
 int HttpServer::num_connections() const { return impl_->active.load(); }
+
+bool HttpServer::wait_quiet(std::chrono::milliseconds timeout) {
+  asio::post(impl_->ioc, [impl = impl_.get()] {
+    beast::error_code ignored;
+    impl->acceptor.close(ignored);
+  });
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (impl_->open_exchanges.load() > 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
 
 void HttpServer::stop() {
   if (impl_->stopped.exchange(true)) return;

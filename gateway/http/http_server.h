@@ -93,6 +93,9 @@ class HttpServer {
 
   uint16_t port() const;
   int num_connections() const;
+  // Stops accepting and waits until every answer begun has been written out (a drain's
+  // last step, before stop()); false at the timeout.
+  bool wait_quiet(std::chrono::milliseconds timeout);
   // Closes the listener and every connection and joins the threads. Idempotent.
   void stop();
 

@@ -8,9 +8,10 @@ using json = nlohmann::json;
 
 json optional_text(const std::optional<std::string>& s) { return s ? json(*s) : json(nullptr); }
 
-json bytes_of(const std::string& s) {
+// OpenAI's `bytes`: the token's raw bytes (which may be part of a character).
+json bytes_of(const std::string& token, const std::string& raw) {
   json b = json::array();
-  for (unsigned char c : s) b.push_back(static_cast<int>(c));
+  for (unsigned char c : raw.empty() ? token : raw) b.push_back(static_cast<int>(c));
   return b;
 }
 
@@ -46,8 +47,8 @@ json completion_logprobs_json(const std::vector<TokenLogprobText>& tokens) {
     out["tokens"].push_back(t.token);
     out["token_logprobs"].push_back(t.logprob);
     json top = json::object();
-    for (const auto& [text, lp] : t.top) {
-      if (!top.contains(text)) top[text] = lp;  // two ids may share a text: keep the likelier
+    for (const LogprobAlternative& alt : t.top) {
+      if (!top.contains(alt.token)) top[alt.token] = alt.logprob;  // two ids may share a text: keep the likelier
     }
     out["top_logprobs"].push_back(std::move(top));
     out["text_offset"].push_back(t.text_offset);
@@ -59,8 +60,10 @@ json chat_logprobs_json(const std::vector<TokenLogprobText>& tokens) {
   json content = json::array();
   for (const TokenLogprobText& t : tokens) {
     json top = json::array();
-    for (const auto& [text, lp] : t.top) top.push_back({{"token", text}, {"logprob", lp}, {"bytes", bytes_of(text)}});
-    content.push_back({{"token", t.token}, {"logprob", t.logprob}, {"bytes", bytes_of(t.token)}, {"top_logprobs", top}});
+    for (const LogprobAlternative& alt : t.top) {
+      top.push_back({{"token", alt.token}, {"logprob", alt.logprob}, {"bytes", bytes_of(alt.token, alt.bytes)}});
+    }
+    content.push_back({{"token", t.token}, {"logprob", t.logprob}, {"bytes", bytes_of(t.token, t.bytes)}, {"top_logprobs", top}});
   }
   return {{"content", content}};
 }

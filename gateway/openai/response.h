@@ -29,12 +29,21 @@ struct UsageCounts {
 };
 nlohmann::json usage_json(const UsageCounts& u);
 
+// An alternative token at one position: its text and, when they differ (part of a UTF-8
+// character), its raw bytes.
+struct LogprobAlternative {
+  std::string token;
+  float logprob = 0;
+  std::string bytes;  // empty: the bytes of `token`
+};
+
 // One generated token's logprob with its text (and the most likely alternatives).
 struct TokenLogprobText {
   std::string token;
   float logprob = 0;
-  std::vector<std::pair<std::string, float>> top;  // most likely first
-  size_t text_offset = 0;  // completions: where the token's text starts in the choice
+  std::vector<LogprobAlternative> top;  // most likely first
+  size_t text_offset = 0;  // completions: where the token's text starts in the choice, in characters
+  std::string bytes;       // empty: the bytes of `token`
 };
 // Completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}.
 nlohmann::json completion_logprobs_json(const std::vector<TokenLogprobText>& tokens);

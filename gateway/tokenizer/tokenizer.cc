@@ -292,6 +292,13 @@ std::optional<std::string_view> Tokenizer::id_to_token(TokenId id) const {
   return impl_->spec.vocab[static_cast<size_t>(id)];
 }
 
+std::string Tokenizer::token_bytes(TokenId id) const {
+  if (!in_range(id, impl_->spec.vocab.size())) return {};
+  const auto i = static_cast<size_t>(id);
+  if (!impl_->spec.decoder.byte_level && impl_->fallback_byte[i] >= 0) return std::string(1, static_cast<char>(impl_->fallback_byte[i]));
+  return impl_->decoded_piece[i];
+}
+
 bool Tokenizer::is_special(TokenId id) const {
   return in_range(id, impl_->special.size()) && impl_->special[static_cast<size_t>(id)] != 0;
 }

@@ -73,6 +73,10 @@ class Tokenizer {
   std::optional<TokenId> token_to_id(std::string_view token) const;
   // The token's spelling in the vocabulary (byte-level spelling for byte-level models).
   std::optional<std::string_view> id_to_token(TokenId id) const;
+  // The raw bytes the token stands for, as decoding would emit them before UTF-8 repair: a
+  // byte-level or byte-fallback token may hold part of a character (OpenAI logprob `bytes`).
+  // Empty outside the vocabulary.
+  std::string token_bytes(TokenId id) const;
   bool is_special(TokenId id) const;
   std::optional<TokenId> bos_id() const;
   std::optional<TokenId> eos_id() const;

@@ -88,3 +88,13 @@ TEST_CASE("logprobs in the completions and the chat formats", "[gateway][openai]
   CHECK(chat["content"][0]["top_logprobs"][1]["token"] == "He");
   CHECK(chat["content"][1]["top_logprobs"].size() == 2);
 }
+
+TEST_CASE("chat logprob bytes are a token's raw bytes even when they are part of a character", "[gateway][openai]") {
+  gateway::TokenLogprobText half;  // the first two bytes of U+1F31F, shown as U+FFFD
+  half.token = "\xEF\xBF\xBD";
+  half.bytes = "\xF0\x9F";
+  half.top.push_back({"\xEF\xBF\xBD", -0.2f, "\xF0\x9F"});
+  const json chat = gateway::chat_logprobs_json({half});
+  CHECK(chat["content"][0]["bytes"] == json::array({240, 159}));
+  CHECK(chat["content"][0]["top_logprobs"][0]["bytes"] == json::array({240, 159}));
+}

@@ -148,6 +148,26 @@ TEST_CASE("streaming holds an emoji split over byte tokens until it is complete"
   CHECK(pieces.front().empty());  // the first byte of the emoji alone is not text yet
 }
 
+TEST_CASE("token bytes are the raw bytes of a character split over byte tokens", "[tokenizer]") {
+  for (const char* name : {"smollm2", "spm_small"}) {
+    const Tokenizer& t = cached(name);
+    const std::string text = "🤖 héllo 用中文";
+    auto ids = t.encode(text, kPlain);
+    REQUIRE(ids.is_ok());
+    std::string joined;
+    bool some_token_is_partial = false;
+    for (TokenId id : *ids) {
+      const std::string bytes = t.token_bytes(id);
+      some_token_is_partial = some_token_is_partial || !utf8::is_valid(bytes);
+      joined += bytes;
+    }
+    // SentencePiece's prepended space is in the first token's bytes; decode strips it.
+    CHECK(joined == (name == std::string("smollm2") ? text : " " + text));
+    if (name == std::string("smollm2")) CHECK(some_token_is_partial);
+  }
+  CHECK(cached("smollm2").token_bytes(-1).empty());
+}
+
 TEST_CASE("concurrent encodes on one tokenizer agree with a single thread", "[tokenizer]") {
   const Tokenizer& t = cached("qwen2");
   const auto corpus = testing::read_json(fixture_path("corpus.json")).get<std::vector<std::string>>();
