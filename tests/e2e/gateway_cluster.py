@@ -58,8 +58,8 @@ class Process:
     def __init__(self, name: str, args: list, log: pathlib.Path):
         self.name, self.args, self.log = name, [str(a) for a in args], log
         with open(log, "wb") as out:
-            # A session of its own: stopping it never signals pytest, and serve's children
-            # are reached through the group.
+            # A session of its own: stopping it never signals pytest. (serve puts each child
+            # in a group of its own, and they die with it: PR_SET_PDEATHSIG.)
             self.popen = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:
@@ -74,7 +74,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=10)
-        # serve's children share its process group: none may outlive it.
+        # Whatever is left in the process's own group goes too.
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

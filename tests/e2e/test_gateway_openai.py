@@ -358,15 +358,14 @@ def test_completion_logprobs_have_one_entry_per_generated_token(client):
         assert logprob == pytest.approx(max(top.values()), abs=1e-5)
 
 
-def test_completion_text_offsets_are_byte_offsets_into_the_text(client):
-    # docs/API.md: text_offset counts bytes of the UTF-8 text (OpenAI and vLLM count
-    # characters; the two differ only past a non-ASCII character, like "sûr" here).
+def test_completion_text_offsets_are_character_offsets_into_the_text(client):
+    # As OpenAI and vLLM: text_offset counts characters of the text, so it differs from a
+    # byte offset past a non-ASCII character, like "sûr" here.
     r = client.completions.create(model=MODEL, prompt="Bonjour, je m'appelle", max_tokens=12, temperature=0,
                                   logprobs=0)
     text, lp = r.choices[0].text, r.choices[0].logprobs
     assert any(ord(ch) > 127 for ch in text) and "\ufffd" not in "".join(lp.tokens), (text, lp.tokens)
-    raw = text.encode()
-    at = [raw[offset:offset + len(token.encode())].decode() for token, offset in zip(lp.tokens, lp.text_offset)]
+    at = [text[offset:offset + len(token)] for token, offset in zip(lp.tokens, lp.text_offset)]
     assert at == lp.tokens, f"text_offset {lp.text_offset} does not index {text!r}"
 
 

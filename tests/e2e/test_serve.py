@@ -172,11 +172,8 @@ def test_serve_restarts_a_killed_worker_and_stops_cleanly_on_sigterm(binary, tes
         serve.stop()
 
 
-# The gateway, as this test was written, stops its HTTP server as soon as its last
-# request's job is done, before the stream's last chunk is written: most streams in flight
-# at SIGTERM end truncated. Not serve's doing (it reproduces with the gateway alone);
-# remove the mark once the gateway flushes before it stops.
-@pytest.mark.xfail(reason="tessera-gateway's drain can cut the last chunk of a stream", strict=False)
+# A stream in flight at SIGTERM ends whole: the gateway drains it and writes its last
+# chunk out before it stops (it once stopped its server first, truncating most streams).
 def test_serve_drains_a_request_in_flight_before_stopping_the_router(binary, test_model, working_gateway):
     serve, url, model, _ = start_serve(binary, test_model)
     try:
