@@ -55,19 +55,11 @@ struct LoadgenOptions {
 
 LoadgenOptions parse(const Args& args) {
   LoadgenOptions o;
-  for (size_t i = 1; i < args.size() && o.error.empty(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&]() -> std::optional<std::string> {
-      if (i + 1 >= args.size()) {
-        o.error = a + " needs a value";
-        return std::nullopt;
-      }
-      return args[++i];
-    };
-    auto number = [&](auto* out) {
-      auto v = value();
-      if (v && !parse_number(*v, out)) o.error = a + ": '" + *v + "' is not a valid number";
-    };
+  OptionReader r(args);
+  auto value = [&r] { return r.value(); };
+  auto number = [&r](auto* out) { r.number(out); };
+  while (r.next()) {
+    const std::string& a = r.option();
     if (a == "--router") {
       if (auto v = value()) o.router = *v;
     } else if (a == "--in-process") {
@@ -93,9 +85,10 @@ LoadgenOptions parse(const Args& args) {
     } else if (a == "--no-prefix-cache") {
       o.prefix_cache = false;
     } else {
-      o.error = "unknown option '" + a + "'";
+      r.fail("unknown option '" + a + "'");
     }
   }
+  o.error = r.error();
   if (!o.error.empty()) return o;
   if (o.in_process == !o.router.empty()) o.error = "give exactly one of --router HOST:PORT and --in-process";
   else if (o.requests < 1 || o.concurrency < 1 || o.max_tokens < 1) o.error = "--requests, --concurrency and --max-tokens must be positive";

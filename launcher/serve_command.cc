@@ -86,22 +86,11 @@ struct ServeOptions {
 
 ServeOptions parse(const Args& args) {
   ServeOptions o;
-  for (size_t i = 1; i < args.size() && o.error.empty(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&]() -> std::optional<std::string> {
-      if (i + 1 >= args.size()) {
-        o.error = a + " needs a value";
-        return std::nullopt;
-      }
-      return args[++i];
-    };
-    auto number = [&](std::optional<uint32_t>* out) {
-      uint32_t n = 0;
-      if (auto v = value()) {
-        if (!parse_number(*v, &n)) o.error = a + ": '" + *v + "' is not a valid number";
-        else *out = n;
-      }
-    };
+  OptionReader r(args);
+  auto value = [&r] { return r.value(); };
+  auto number = [&r](std::optional<uint32_t>* out) { r.number(out); };
+  while (r.next()) {
+    const std::string& a = r.option();
     if (a == "--help" || a == "-h") {
       o.help = true;
     } else if (a == "--config" || a == "-c" || a == "--set") {
@@ -131,9 +120,10 @@ ServeOptions parse(const Args& args) {
       number(&t);
       if (t) o.ready_timeout_s = *t;
     } else {
-      o.error = "unknown option '" + a + "'";
+      r.fail("unknown option '" + a + "'");
     }
   }
+  o.error = r.error();
   if (!o.error.empty() || o.help) return o;
   if (o.dp < 1 || (o.tp && *o.tp < 1)) o.error = "--dp and --tp must be at least 1";
   else if (o.device && *o.device != "auto" && *o.device != "cpu" && *o.device != "cuda") o.error = "--device must be auto, cpu or cuda";
