@@ -10,6 +10,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include "http_test_client.h"
+
 using namespace tessera;
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -18,25 +20,7 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
-struct Client {
-  asio::io_context io;
-  beast::tcp_stream stream{io};
-  beast::flat_buffer buffer;
-  explicit Client(uint16_t port) {
-    stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-    stream.expires_after(std::chrono::seconds(10));
-  }
-  bhttp::response<bhttp::string_body> request(bhttp::verb verb, const std::string& target) {
-    bhttp::request<bhttp::string_body> req{verb, target, 11};
-    req.set(bhttp::field::host, "localhost");
-    req.keep_alive(true);
-    bhttp::write(stream, req);
-    bhttp::response_parser<bhttp::string_body> parser;
-    parser.skip(verb == bhttp::verb::head);
-    bhttp::read(stream, buffer, parser);
-    return parser.release();
-  }
-};
+using Client = tessera::testing::HttpTestClient;
 
 }  // namespace
 

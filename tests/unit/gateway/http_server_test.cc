@@ -15,6 +15,8 @@
 #include <mutex>
 #include <thread>
 
+#include "http_test_client.h"
+
 using namespace tessera::gateway;
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -23,36 +25,7 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
-struct Client {
-  asio::io_context io;
-  beast::tcp_stream stream{io};
-  beast::flat_buffer buffer;
-  explicit Client(uint16_t port) {
-    stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-    stream.expires_after(std::chrono::seconds(10));
-  }
-  void send(bhttp::verb verb, const std::string& target, std::string body = "", unsigned version = 11) {
-    bhttp::request<bhttp::string_body> req{verb, target, version};
-    req.set(bhttp::field::host, "localhost");
-    req.body() = std::move(body);
-    req.prepare_payload();
-    bhttp::write(stream, req);
-  }
-  bhttp::response<bhttp::string_body> read() {
-    bhttp::response_parser<bhttp::string_body> parser;
-    parser.body_limit(64 << 20);
-    bhttp::read(stream, buffer, parser);
-    return parser.release();
-  }
-  // True when the server closed the connection (a read gets EOF or a reset).
-  bool closed_by_server() {
-    beast::error_code ec;
-    char byte;
-    stream.expires_after(std::chrono::seconds(5));
-    stream.read_some(asio::buffer(&byte, 1), ec);
-    return ec == asio::error::eof || ec == asio::error::connection_reset;
-  }
-};
+using Client = tessera::testing::HttpTestClient;
 
 std::unique_ptr<http::HttpServer> start(http::Handler handler, http::ServerOptions options = {}) {
   options.host = "127.0.0.1";
