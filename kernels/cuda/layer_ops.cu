@@ -1,0 +1,166 @@
+#include "kernels/cuda/layer_ops_params.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace tessera::kernels::cuda {
+
+namespace {
+
+__device__ __forceinline__ float to_float(Bf16 bits) { return __bfloat162float(__ushort_as_bfloat16(bits)); }
+__device__ __forceinline__ Bf16 to_bf16(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+__device__ __forceinline__ float round_bf16(float v) { return to_float(to_bf16(v)); }
+
+// Sum of v over the block (every thread gets it). blockDim.x is a multiple of 32, at most 1024.
+__device__ float block_sum(float v) {
+  __shared__ float warp_sums[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const int num_warps = blockDim.x >> 5;
+    v = lane < num_warps ? warp_sums[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) warp_sums[0] = v;
+  }
+  __syncthreads();
+  return warp_sums[0];
+}
+
+// One block per token; 16-byte copies when rows allow them.
+__global__ void embedding_kernel(const Bf16* __restrict__ table, const int32_t* __restrict__ ids, Bf16* __restrict__ out,
+                                 int64_t width) {
+  const int64_t t = blockIdx.x;
+  const Bf16* src = table + static_cast<int64_t>(ids[t]) * width;
+  Bf16* dst = out + t * width;
+  if (width % 8 == 0) {
+    const uint4* s = reinterpret_cast<const uint4*>(src);
+    uint4* d = reinterpret_cast<uint4*>(dst);
+    for (int64_t i = threadIdx.x; i < width / 8; i += blockDim.x) d[i] = s[i];
+  } else {
+    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
+  }
+}
+
+// One block per row: the (residual) sum and its squares, then the scaled row.
+__global__ void rms_norm_kernel(const Bf16* __restrict__ x, Bf16* residual, const Bf16* __restrict__ weight, Bf16* out,
+                                int64_t width, float eps) {
+  const int64_t row = blockIdx.x;
+  const Bf16* xr = x + row * width;
+  Bf16* rr = residual ? residual + row * width : nullptr;
+  float sum_sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    float v = to_float(xr[i]);
+    if (rr) {
+      v = round_bf16(v + to_float(rr[i]));
+      rr[i] = to_bf16(v);
+    }
+    sum_sq += v * v;
+  }
+  const float inv_rms = rsqrtf(block_sum(sum_sq) / static_cast<float>(width) + eps);
+  // Each thread reads back only what it wrote itself: no barrier needed before out may
+  // overwrite x.
+  const Bf16* src = rr ? rr : xr;
+  Bf16* o = out + row * width;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    o[i] = to_bf16(round_bf16(to_float(src[i]) * inv_rms) * to_float(weight[i]));
+  }
+}
+
+__global__ void silu_mul_kernel(const Bf16* __restrict__ gate_up, Bf16* __restrict__ out, int64_t rows, int64_t width) {
+  const int64_t n = rows * width;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = k / width;
+    const int64_t c = k - r * width;
+    const float g = to_float(gate_up[r * 2 * width + c]);
+    const float u = to_float(gate_up[r * 2 * width + width + c]);
+    out[k] = to_bf16(round_bf16(g / (1.0f + __expf(-g))) * u);
+  }
+}
+
+// Rotates the pair (a, b) of pair index j: (a cos - b sin, b cos + a sin).
+__device__ __forceinline__ void rotate_pair(const Bf16* src, Bf16* dst, int64_t j, int64_t head_dim, bool half, float c,
+                                            float s) {
+  const int64_t ia = half ? j : 2 * j;
+  const int64_t ib = half ? j + head_dim / 2 : 2 * j + 1;
+  const float a = to_float(src[ia]);
+  const float b = to_float(src[ib]);
+  dst[ia] = to_bf16(a * c - b * s);
+  dst[ib] = to_bf16(b * c + a * s);
+}
+
+// One block per token: q heads in place, k heads into the cache rotated, v heads copied.
+__global__ void rope_kv_kernel(RopeKvParams p) {
+  const int64_t t = blockIdx.x;
+  const int64_t half_dim = p.head_dim / 2;
+  const bool half = p.style == RopeStyle::kHalf;
+  const float pos = static_cast<float>(p.positions[t]);
+  const int64_t slot = p.slots[t];
+  Bf16* q = p.q + t * p.q_stride;
+  const Bf16* k = p.k + t * p.k_stride;
+  const Bf16* v = p.v + t * p.v_stride;
+  Bf16* kc = p.k_cache + slot * p.num_kv_heads * p.head_dim;
+  Bf16* vc = p.v_cache + slot * p.num_kv_heads * p.head_dim;
+  for (int64_t w = threadIdx.x; w < (p.num_q_heads + p.num_kv_heads) * half_dim; w += blockDim.x) {
+    const int64_t h = w / half_dim;
+    const int64_t j = w - h * half_dim;
+    float s, c;
+    sincosf(pos * p.inv_freq[j], &s, &c);
+    if (h < p.num_q_heads) {
+      rotate_pair(q + h * p.head_dim, q + h * p.head_dim, j, p.head_dim, half, c, s);
+    } else {
+      const int64_t kh = h - p.num_q_heads;
+      rotate_pair(k + kh * p.head_dim, kc + kh * p.head_dim, j, p.head_dim, half, c, s);
+    }
+  }
+  for (int64_t i = threadIdx.x; i < p.num_kv_heads * p.head_dim; i += blockDim.x) vc[i] = v[i];
+}
+
+const char* launched() {
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+// Threads for a block that walks a row of `width`: a multiple of 32, at most 1024.
+int row_threads(int64_t width) {
+  int64_t n = 32;
+  while (n < width && n < 1024) n *= 2;
+  return static_cast<int>(n);
+}
+
+}  // namespace
+
+namespace launch {
+
+const char* embedding(const EmbeddingParams& p, Stream stream) {
+  embedding_kernel<<<static_cast<unsigned>(p.num_tokens), 128, 0, stream>>>(p.table, p.token_ids, p.out, p.width);
+  return launched();
+}
+
+const char* rms_norm(const RmsNormParams& p, Stream stream) {
+  rms_norm_kernel<<<static_cast<unsigned>(p.rows), row_threads(p.width), 0, stream>>>(p.x, p.residual, p.weight, p.out,
+                                                                                     p.width, p.eps);
+  return launched();
+}
+
+const char* silu_mul(const SiluMulParams& p, Stream stream) {
+  const int64_t n = p.rows * p.width;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 132 * 16));
+  silu_mul_kernel<<<blocks, 256, 0, stream>>>(p.gate_up, p.out, p.rows, p.width);
+  return launched();
+}
+
+const char* rope_and_cache_kv(const RopeKvParams& p, Stream stream) {
+  rope_kv_kernel<<<static_cast<unsigned>(p.num_tokens), 128, 0, stream>>>(p);
+  return launched();
+}
+
+}  // namespace launch
+
+}  // namespace tessera::kernels::cuda
