@@ -1,0 +1,35 @@
+// Parameters of paged decode attention on the GPU (kernels/cuda/decode_attention.h), apart
+// from Status so that the CUDA translation unit sees them too.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/layer_ops_params.h"
+
+namespace tessera::kernels::cuda {
+
+// One new token per sequence attends to all of its sequence's cached tokens (itself
+// included: its K and V were written to the cache first). Token i of sequence s lives in
+// slot block_tables[s][i / page_size] * page_size + i % page_size of both caches.
+// The query heads of a group share one KV head (GQA): num_q_heads = group * num_kv_heads.
+struct DecodeAttentionParams {
+  const Bf16* q = nullptr;               // [num_seqs, num_q_heads, head_dim]
+  const Bf16* k_cache = nullptr;         // [num_slots, num_kv_heads, head_dim]
+  const Bf16* v_cache = nullptr;         // [num_slots, num_kv_heads, head_dim]
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_pages_per_seq] page ids
+  const int32_t* seq_lens = nullptr;      // [num_seqs] tokens in the cache, at least 1
+  Bf16* out = nullptr;                    // [num_seqs, num_q_heads, head_dim]
+  int64_t num_seqs = 0;
+  int64_t num_q_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;  // 64 or 128
+  int64_t page_size = 0;
+  int64_t max_pages_per_seq = 0;
+  float scale = 0.0f;  // usually 1 / sqrt(head_dim)
+};
+
+namespace launch {
+const char* decode_attention(const DecodeAttentionParams& p, Stream stream);
+}  // namespace launch
+
+}  // namespace tessera::kernels::cuda
