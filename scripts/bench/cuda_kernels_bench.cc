@@ -1,0 +1,156 @@
+// Memory-bound CUDA kernels against the GPU's own copy bandwidth, measured in the same run:
+// decode attention at Llama-3-8B's head shapes (32 query heads over 8 KV heads, head_dim
+// 128, pages of 16) over several batch sizes at a 1k context, RMSNorm and SiLU·mul at 8B's
+// widths. Each figure is bytes the kernel must move / time (CUDA events, median of 50 runs
+// after 5 warm-ups), and its share of a device-to-device cudaMemcpy's rate (read + write).
+// Prints a Markdown table. On the GPU host, from a bundle (scripts/gpu/bundle):
+//   LD_LIBRARY_PATH=.gpu-bundle/lib .gpu-bundle/bin/tessera-bench-cuda-kernels
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/layer_ops.h"
+
+using namespace tessera::kernels::cuda;
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "cuda-kernels bench: %s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+void check(const tessera::Status& s) {
+  if (!s.is_ok()) {
+    std::fprintf(stderr, "cuda-kernels bench: %s\n", s.to_string().c_str());
+    std::exit(1);
+  }
+}
+
+template <typename T>
+T* device_alloc(size_t n, int fill_byte = 0x3C) {
+  T* p = nullptr;
+  check(cudaMalloc(&p, n * sizeof(T)), "cudaMalloc");
+  check(cudaMemset(p, fill_byte, n * sizeof(T)), "cudaMemset");  // 0x3C3C: a small bf16
+  return p;
+}
+
+// Median milliseconds of one call of f.
+double time_ms(const std::function<void()>& f) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  for (int i = 0; i < 5; ++i) f();
+  std::vector<float> ms(50);
+  for (float& m : ms) {
+    check(cudaEventRecord(start), "record");
+    f();
+    check(cudaEventRecord(stop), "record");
+    check(cudaEventSynchronize(stop), "sync");
+    check(cudaEventElapsedTime(&m, start, stop), "elapsed");
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main() {
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, 0), "properties");
+  // The reference: a 1 GiB device-to-device copy, read + write bytes per second.
+  const size_t copy_bytes = size_t{1} << 30;
+  char* a = device_alloc<char>(copy_bytes);
+  char* b = device_alloc<char>(copy_bytes);
+  const double copy_ms = time_ms([&] { check(cudaMemcpyAsync(b, a, copy_bytes, cudaMemcpyDeviceToDevice), "copy"); });
+  const double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
+  cudaFree(a);
+  cudaFree(b);
+  std::printf("device: %s, %d SMs; device-to-device copy: %.0f GB/s (read + write)\n\n", prop.name,
+              prop.multiProcessorCount, copy_gbs);
+  std::printf("| kernel | shape | time (us) | bytes moved (MB) | GB/s | share of copy rate |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  auto row = [&](const char* kernel, const std::string& shape, double ms, double bytes) {
+    const double gbs = bytes / (ms * 1e-3) / 1e9;
+    std::printf("| %s | %s | %.1f | %.1f | %.0f | %.0f%% |\n", kernel, shape.c_str(), ms * 1e3, bytes / 1e6, gbs,
+                100.0 * gbs / copy_gbs);
+  };
+
+  // Decode attention: Llama-3-8B heads, context 1024, pages of 16, each sequence its own pages.
+  const int64_t Hq = 32, Hkv = 8, D = 128, P = 16, ctx = 1024;
+  for (int64_t batch : {1, 8, 32, 128, 256}) {
+    const int64_t pages_per_seq = ctx / P;
+    const int64_t num_pages = batch * pages_per_seq;
+    std::vector<int32_t> tables(num_pages);
+    std::iota(tables.begin(), tables.end(), 0);
+    std::shuffle(tables.begin(), tables.end(), std::mt19937(1));
+    std::vector<int32_t> lens(batch, static_cast<int32_t>(ctx));
+    int32_t* d_tables = device_alloc<int32_t>(tables.size());
+    int32_t* d_lens = device_alloc<int32_t>(lens.size());
+    check(cudaMemcpy(d_tables, tables.data(), tables.size() * 4, cudaMemcpyHostToDevice), "copy");
+    check(cudaMemcpy(d_lens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice), "copy");
+    Bf16* q = device_alloc<Bf16>(batch * Hq * D);
+    Bf16* out = device_alloc<Bf16>(batch * Hq * D);
+    Bf16* kc = device_alloc<Bf16>(num_pages * P * Hkv * D);
+    Bf16* vc = device_alloc<Bf16>(num_pages * P * Hkv * D);
+    DecodeAttentionParams p;
+    p.q = q;
+    p.k_cache = kc;
+    p.v_cache = vc;
+    p.block_tables = d_tables;
+    p.seq_lens = d_lens;
+    p.out = out;
+    p.num_seqs = batch;
+    p.num_q_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.head_dim = D;
+    p.page_size = P;
+    p.max_pages_per_seq = pages_per_seq;
+    p.scale = 0.088f;
+    const double ms = time_ms([&] { check(decode_attention(p, nullptr)); });
+    const double bytes = 2.0 * batch * ctx * Hkv * D * 2 + 2.0 * batch * Hq * D * 2;
+    row("decode_attention", "batch " + std::to_string(batch) + ", ctx 1024, 32/8 heads, d 128", ms, bytes);
+    cudaFree(d_tables);
+    cudaFree(d_lens);
+    cudaFree(q);
+    cudaFree(out);
+    cudaFree(kc);
+    cudaFree(vc);
+  }
+
+  // RMSNorm with the residual add, and SiLU·mul, at Llama-3-8B's widths.
+  for (int64_t rows : {1, 256, 4096}) {
+    const int64_t width = 4096;
+    Bf16* x = device_alloc<Bf16>(rows * width);
+    Bf16* r = device_alloc<Bf16>(rows * width);
+    Bf16* w = device_alloc<Bf16>(width);
+    Bf16* o = device_alloc<Bf16>(rows * width);
+    const double ms = time_ms([&] { check(rms_norm({x, r, w, o, rows, width, 1e-5f}, nullptr)); });
+    row("rms_norm + residual", std::to_string(rows) + " x 4096", ms, 4.0 * rows * width * 2 + width * 2);
+    cudaFree(x);
+    cudaFree(r);
+    cudaFree(w);
+    cudaFree(o);
+  }
+  for (int64_t rows : {1, 256, 4096}) {
+    const int64_t width = 14336;
+    Bf16* gu = device_alloc<Bf16>(rows * 2 * width);
+    Bf16* o = device_alloc<Bf16>(rows * width);
+    const double ms = time_ms([&] { check(silu_mul({gu, o, rows, width}, nullptr)); });
+    row("silu_mul", std::to_string(rows) + " x 14336", ms, 3.0 * rows * width * 2);
+    cudaFree(gu);
+    cudaFree(o);
+  }
+  return 0;
+}
