@@ -9,101 +9,221 @@ namespace tessera::kernels::cuda {
 
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGroup = 8;
+constexpr int kChunk = 256;  // tokens whose logits sit in shared memory at once
 
-__device__ __forceinline__ float bf16_to_float(Bf16 bits) { return __bfloat162float(__ushort_as_bfloat16(bits)); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
+__device__ __forceinline__ float2 bf16x2_to_float2(uint32_t bits) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits));
 }
 
-// Lane l holds dimensions [l * kElems, (l + 1) * kElems) of every head it touches.
-template <int kElems>
-__device__ __forceinline__ void load_row(const Bf16* row, float (&out)[kElems]) {
-  #pragma unroll
-  for (int e = 0; e < kElems; ++e) out[e] = bf16_to_float(row[e]);
-}
-
+// Block (kv head, sequence, piece): tokens [begin, end) of the sequence. Shared state per
+// query head of the group: the running maximum m, the running sum l, and the chunk's
+// logits turned into weights. Each thread keeps eight output dimensions of every head.
 template <int kHeadDim>
-__global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAttentionParams p) {
-  constexpr int kElems = kHeadDim / 32;
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionParams p) {
+  constexpr int kLanesPerToken = kHeadDim / 32;            // 32 dimensions (64 bytes) per lane
+  constexpr int kTokensPerWarp = 32 / kLanesPerToken;      // logits of this many tokens per warp step
+  constexpr int kDimsPerThread = 8;                        // V: one 16-byte load per row and thread
+  constexpr int kThreadsPerRow = kHeadDim / kDimsPerThread;
+  constexpr int kRowStreams = kThreads / kThreadsPerRow;   // V rows summed side by side
   const int kv = blockIdx.x;
   const int64_t s = blockIdx.y;
+  const int64_t len = p.seq_lens[s];
+  const int64_t split = p.split_tokens > 0 ? p.split_tokens : len;
+  const int64_t begin = static_cast<int64_t>(blockIdx.z) * split;
+  if (begin >= len) return;
+  const int64_t end = len < begin + split ? len : begin + split;
   const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-  const int64_t len = p.seq_lens[s];
   const int32_t* pages = p.block_tables + s * p.max_pages_per_seq;
 
-  float q[kMaxGroup][kElems];
-  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][kElems];
+  // q rows padded by four floats per 32: the lanes of a token read 16-byte pieces 36 floats
+  // apart, in different banks.
+  __shared__ __align__(16) float q_s[kMaxGroup][kHeadDim + kHeadDim / 8];
+  __shared__ float w_s[kMaxGroup][kChunk];  // logits, then weights
+  __shared__ float m_s[kMaxGroup], l_s[kMaxGroup], rescale_s[kMaxGroup];
+  __shared__ int64_t slot_s[kChunk];
+  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
+    const int h = i / kHeadDim;
+    const Bf16 bits = p.q[(s * p.num_q_heads + kv * group + h) * kHeadDim + i % kHeadDim];
+    const int d = i % kHeadDim;
+    q_s[h][d + (d / 32) * 4] = __bfloat162float(__ushort_as_bfloat16(bits)) * p.scale;
+  }
+  if (threadIdx.x < kMaxGroup) {
+    m_s[threadIdx.x] = -FLT_MAX;
+    l_s[threadIdx.x] = 0.0f;
+  }
+  float acc[kMaxGroup][kDimsPerThread];
   #pragma unroll
   for (int h = 0; h < kMaxGroup; ++h) {
-    m[h] = -FLT_MAX;
-    l[h] = 0.0f;
     #pragma unroll
-    for (int e = 0; e < kElems; ++e) acc[h][e] = q[h][e] = 0.0f;
-    if (h < group) {
-      load_row<kElems>(p.q + (s * p.num_q_heads + kv * group + h) * kHeadDim + lane * kElems, q[h]);
-      #pragma unroll
-      for (int e = 0; e < kElems; ++e) q[h][e] *= p.scale;
-    }
+    for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] = 0.0f;
   }
+  const int row_stream = threadIdx.x / kThreadsPerRow;
+  const int part = threadIdx.x % kThreadsPerRow;
 
-  for (int64_t i = warp; i < len; i += kWarps) {
-    const int64_t slot = static_cast<int64_t>(pages[i / p.page_size]) * p.page_size + i % p.page_size;
-    const int64_t offset = (slot * p.num_kv_heads + kv) * kHeadDim + lane * kElems;
-    float k[kElems], v[kElems];
-    load_row<kElems>(p.k_cache + offset, k);
-    load_row<kElems>(p.v_cache + offset, v);
+  for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
+    const int n = static_cast<int>(end - c0 < kChunk ? end - c0 : kChunk);
+    __syncthreads();  // the previous chunk's weights are consumed; q_s and m_s are ready
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      const int64_t t = c0 + i;
+      slot_s[i] = static_cast<int64_t>(pages[t / p.page_size]) * p.page_size + t % p.page_size;
+    }
+    __syncthreads();
+    // Logits: kLanesPerToken lanes per token, each with 32 dimensions of its K row.
+    const int sub = lane % kLanesPerToken;
+    for (int i0 = warp * kTokensPerWarp; i0 < n; i0 += kWarps * kTokensPerWarp) {
+      const int i = i0 + lane / kLanesPerToken;
+      float k[32];
+      if (i < n) {
+        const uint4* row = reinterpret_cast<const uint4*>(p.k_cache + (slot_s[i] * p.num_kv_heads + kv) * kHeadDim + sub * 32);
+        #pragma unroll
+        for (int v = 0; v < 4; ++v) {
+          const uint4 w = row[v];
+          const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+          #pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float2 f = bf16x2_to_float2(words[e]);
+            k[v * 8 + e * 2] = f.x;
+            k[v * 8 + e * 2 + 1] = f.y;
+          }
+        }
+      } else {
+        #pragma unroll
+        for (int e = 0; e < 32; ++e) k[e] = 0.0f;
+      }
+      #pragma unroll
+      for (int h = 0; h < kMaxGroup; ++h) {
+        if (h >= group) break;
+        float dot = 0.0f;
+        const float4* qv = reinterpret_cast<const float4*>(&q_s[h][sub * 36]);
+        #pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float4 qe = qv[e];
+          dot += qe.x * k[4 * e] + qe.y * k[4 * e + 1] + qe.z * k[4 * e + 2] + qe.w * k[4 * e + 3];
+        }
+        #pragma unroll
+        for (int o = kLanesPerToken / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (sub == 0 && i < n) w_s[h][i] = dot;
+      }
+    }
+    __syncthreads();
+    // Softmax against the running maximum: one warp per query head.
+    for (int h = warp; h < group; h += kWarps) {
+      float big = -FLT_MAX;
+      for (int i = lane; i < n; i += 32) big = fmaxf(big, w_s[h][i]);
+      for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
+      const float m_old = m_s[h];
+      const float m_new = fmaxf(m_old, big);
+      float sum = 0.0f;
+      for (int i = lane; i < n; i += 32) {
+        const float w = __expf(w_s[h][i] - m_new);
+        w_s[h][i] = w;
+        sum += w;
+      }
+      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (lane == 0) {
+        const float r = __expf(m_old - m_new);
+        rescale_s[h] = r;
+        l_s[h] = l_s[h] * r + sum;
+        m_s[h] = m_new;
+      }
+    }
+    __syncthreads();
+    // Weighted V rows: kRowStreams rows at a time, two dimensions per thread.
     #pragma unroll
     for (int h = 0; h < kMaxGroup; ++h) {
       if (h >= group) break;
-      float dot = 0.0f;
+      const float r = rescale_s[h];
       #pragma unroll
-      for (int e = 0; e < kElems; ++e) dot += q[h][e] * k[e];
-      const float logit = warp_sum(dot);
-      const float m_new = fmaxf(m[h], logit);
-      const float correction = __expf(m[h] - m_new);
-      const float weight = __expf(logit - m_new);
-      l[h] = l[h] * correction + weight;
+      for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] *= r;
+    }
+    for (int i = row_stream; i < n; i += kRowStreams) {
+      const uint4 bits = *reinterpret_cast<const uint4*>(p.v_cache + (slot_s[i] * p.num_kv_heads + kv) * kHeadDim +
+                                                         part * kDimsPerThread);
+      const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
+      float v[kDimsPerThread];
       #pragma unroll
-      for (int e = 0; e < kElems; ++e) acc[h][e] = acc[h][e] * correction + weight * v[e];
-      m[h] = m_new;
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = bf16x2_to_float2(words[e]);
+        v[2 * e] = f.x;
+        v[2 * e + 1] = f.y;
+      }
+      #pragma unroll
+      for (int h = 0; h < kMaxGroup; ++h) {
+        if (h >= group) break;
+        const float w = w_s[h][i];
+        #pragma unroll
+        for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] += w * v[e];
+      }
     }
   }
 
-  // Merge the warps' partial states: out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
-  __shared__ float sm_m[kWarps][kMaxGroup];
-  __shared__ float sm_l[kWarps][kMaxGroup];
-  __shared__ float sm_acc[kWarps][kMaxGroup][kHeadDim];
-  #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
-    if (h >= group) break;
-    if (lane == 0) {
-      sm_m[warp][h] = m[h];
-      sm_l[warp][h] = l[h];
-    }
-    #pragma unroll
-    for (int e = 0; e < kElems; ++e) sm_acc[warp][h][lane * kElems + e] = acc[h][e];
-  }
+  // Sum the row streams (q_s is free now: reuse it), then write the result or the piece.
   __syncthreads();
-  for (int idx = threadIdx.x; idx < group * kHeadDim; idx += kWarps * 32) {
-    const int h = idx / kHeadDim;
-    const int d = idx - h * kHeadDim;
-    float big = -FLT_MAX;
-    #pragma unroll
-    for (int w = 0; w < kWarps; ++w) big = fmaxf(big, sm_m[w][h]);
-    float num = 0.0f, den = 0.0f;
-    #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float f = sm_l[w][h] > 0.0f ? __expf(sm_m[w][h] - big) : 0.0f;
-      num += sm_acc[w][h][d] * f;
-      den += sm_l[w][h] * f;
+  for (int r = 0; r < kRowStreams; ++r) {
+    if (row_stream == r) {
+      #pragma unroll
+      for (int h = 0; h < kMaxGroup; ++h) {
+        if (h >= group) break;
+        #pragma unroll
+        for (int e = 0; e < kDimsPerThread; ++e) {
+          float& sum = q_s[h][part * kDimsPerThread + e];
+          sum = (r == 0 ? 0.0f : sum) + acc[h][e];
+        }
+      }
     }
-    p.out[(s * p.num_q_heads + kv * group + h) * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
+    __syncthreads();
+  }
+  const bool whole = p.split_tokens <= 0 || p.max_splits <= 1;
+  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
+    const int h = i / kHeadDim;
+    const int d = i % kHeadDim;
+    const int64_t qh = s * p.num_q_heads + kv * group + h;
+    if (whole) {
+      p.out[qh * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(q_s[h][d] / l_s[h]));
+    } else {
+      float* piece = p.workspace + (qh * p.max_splits + blockIdx.z) * (kHeadDim + 2);
+      piece[d] = q_s[h][d];
+      if (d == 0) {
+        piece[kHeadDim] = m_s[h];
+        piece[kHeadDim + 1] = l_s[h];
+      }
+    }
+  }
+}
+
+// One block per (query head, sequence): the pieces' states merged into the output.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kHeadDim) merge_pieces_kernel(DecodeAttentionParams p) {
+  const int64_t qh = static_cast<int64_t>(blockIdx.y) * p.num_q_heads + blockIdx.x;
+  const int64_t len = p.seq_lens[blockIdx.y];
+  const int64_t num_pieces = (len + p.split_tokens - 1) / p.split_tokens;
+  const float* pieces = p.workspace + qh * p.max_splits * (kHeadDim + 2);
+  float big = -FLT_MAX;
+  for (int64_t k = 0; k < num_pieces; ++k) big = fmaxf(big, pieces[k * (kHeadDim + 2) + kHeadDim]);
+  float num = 0.0f, den = 0.0f;
+  for (int64_t k = 0; k < num_pieces; ++k) {
+    const float* piece = pieces + k * (kHeadDim + 2);
+    const float f = __expf(piece[kHeadDim] - big);
+    num += piece[threadIdx.x] * f;
+    den += piece[kHeadDim + 1] * f;
+  }
+  p.out[qh * kHeadDim + threadIdx.x] = __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
+}
+
+template <int kHeadDim>
+void launch_for(const DecodeAttentionParams& p, Stream stream) {
+  const bool split = p.split_tokens > 0 && p.max_splits > 1;
+  const dim3 grid(static_cast<unsigned>(p.num_kv_heads), static_cast<unsigned>(p.num_seqs),
+                  static_cast<unsigned>(split ? p.max_splits : 1));
+  decode_attention_kernel<kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+  if (split) {
+    merge_pieces_kernel<kHeadDim>
+        <<<dim3(static_cast<unsigned>(p.num_q_heads), static_cast<unsigned>(p.num_seqs)), kHeadDim, 0, stream>>>(p);
   }
 }
 
@@ -112,11 +232,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
 namespace launch {
 
 const char* decode_attention(const DecodeAttentionParams& p, Stream stream) {
-  const dim3 grid(static_cast<unsigned>(p.num_kv_heads), static_cast<unsigned>(p.num_seqs));
   if (p.head_dim == 64) {
-    decode_attention_kernel<64><<<grid, kWarps * 32, 0, stream>>>(p);
+    launch_for<64>(p, stream);
   } else {
-    decode_attention_kernel<128><<<grid, kWarps * 32, 0, stream>>>(p);
+    launch_for<128>(p, stream);
   }
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);

@@ -26,6 +26,13 @@ struct DecodeAttentionParams {
   int64_t page_size = 0;
   int64_t max_pages_per_seq = 0;
   float scale = 0.0f;  // usually 1 / sqrt(head_dim)
+  // Split-KV (flash-decoding): each sequence's context is cut into pieces of split_tokens,
+  // each run by its own block, and the pieces' softmax states are merged after. 0 (or at
+  // least the longest sequence): no split. A multiple of 64 otherwise; plan_decode_split()
+  // picks it, and the workspace size that goes with it.
+  int64_t split_tokens = 0;
+  int64_t max_splits = 1;     // ceil(longest sequence / split_tokens)
+  float* workspace = nullptr;  // [num_seqs, num_q_heads, max_splits, head_dim + 2] when split
 };
 
 namespace launch {

@@ -118,9 +118,17 @@ int main() {
     p.page_size = P;
     p.max_pages_per_seq = pages_per_seq;
     p.scale = 0.088f;
+    const DecodeSplit plan = plan_decode_split(batch, Hq, Hkv, D, ctx, prop.multiProcessorCount);
+    p.split_tokens = plan.split_tokens;
+    p.max_splits = plan.max_splits;
+    float* workspace = plan.workspace_bytes ? device_alloc<float>(plan.workspace_bytes / 4) : nullptr;
+    p.workspace = workspace;
     const double ms = time_ms([&] { check(decode_attention(p, nullptr)); });
     const double bytes = 2.0 * batch * ctx * Hkv * D * 2 + 2.0 * batch * Hq * D * 2;
-    row("decode_attention", "batch " + std::to_string(batch) + ", ctx 1024, 32/8 heads, d 128", ms, bytes);
+    row("decode_attention", "batch " + std::to_string(batch) + ", ctx 1024, 32/8 heads, d 128, " +
+                                std::to_string(plan.max_splits) + " pieces",
+        ms, bytes);
+    cudaFree(workspace);
     cudaFree(d_tables);
     cudaFree(d_lens);
     cudaFree(q);

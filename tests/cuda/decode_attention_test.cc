@@ -1,6 +1,7 @@
 // kernels/cuda/decode_attention against a float64 reference: sequences of 1 to 8k cached
 // tokens scattered over shuffled pages (page size 1 and 16), GQA groups of 1, 3, 4 and 8
 // query heads per KV head, head_dim 64 and 128. The output is poisoned before each run.
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -20,7 +21,8 @@ struct Case {
   std::vector<int32_t> seq_lens;
 };
 
-void run_case(const Case& c, std::mt19937& rng) {
+// split_tokens: 0 for none, -1 for plan_decode_split's choice on a 132-SM GPU, else as given.
+void run_case(const Case& c, int64_t split_tokens, std::mt19937& rng) {
   const int64_t Hkv = c.num_kv_heads, Hq = Hkv * c.group, D = c.head_dim, P = c.page_size;
   const int64_t S = static_cast<int64_t>(c.seq_lens.size());
   int64_t max_pages = 1, total_pages = 0;
@@ -58,6 +60,19 @@ void run_case(const Case& c, std::mt19937& rng) {
   p.page_size = P;
   p.max_pages_per_seq = max_pages;
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  const int64_t longest = *std::max_element(c.seq_lens.begin(), c.seq_lens.end());
+  if (split_tokens < 0) {
+    const DecodeSplit plan = plan_decode_split(S, Hq, Hkv, D, longest, 132);
+    p.split_tokens = plan.split_tokens;
+    p.max_splits = plan.max_splits;
+  } else if (split_tokens > 0) {
+    p.split_tokens = split_tokens;
+    p.max_splits = (longest + split_tokens - 1) / split_tokens;
+  }
+  INFO("split_tokens " << p.split_tokens << " max_splits " << p.max_splits);
+  DeviceBuffer<float> d_ws(std::max<int64_t>(1, S * Hq * p.max_splits * (D + 2)));
+  d_ws.poison();
+  p.workspace = d_ws.ptr;
   REQUIRE(decode_attention(p, nullptr).is_ok());
   const auto out = d_out.download();
   for (int64_t s = 0; s < S; ++s) {
@@ -104,9 +119,22 @@ TEST_CASE("decode attention matches a float64 reference over paged caches", "[cu
       {8, 4, 128, 16, {8192, 4000}},         // long contexts
   };
   for (const Case& c : cases) {
-    INFO("Hkv " << c.num_kv_heads << " group " << c.group << " D " << c.head_dim << " page " << c.page_size);
-    run_case(c, rng);
+    for (int64_t split : {int64_t{0}, int64_t{-1}, int64_t{64}}) {
+      INFO("Hkv " << c.num_kv_heads << " group " << c.group << " D " << c.head_dim << " page " << c.page_size);
+      run_case(c, split, rng);
+    }
   }
+}
+
+TEST_CASE("the split plan fills the GPU only when sequences and heads do not", "[cuda][attention]") {
+  const DecodeSplit one = plan_decode_split(1, 32, 8, 128, 1024, 132);
+  CHECK(one.split_tokens % 64 == 0);
+  CHECK(one.max_splits == 16);  // 33 pieces would make two blocks per SM; 64-token pieces allow 16
+  CHECK(one.workspace_bytes == size_t{32} * one.max_splits * 130 * 4);
+  const DecodeSplit full = plan_decode_split(64, 32, 8, 128, 1024, 132);
+  CHECK(full.max_splits == 1);
+  CHECK(full.workspace_bytes == 0);
+  CHECK(plan_decode_split(1, 32, 8, 128, 40, 132).max_splits == 1);  // too short to split
 }
 
 TEST_CASE("decode attention refuses shapes it is not built for", "[cuda][attention]") {
