@@ -47,8 +47,83 @@ __global__ void embedding_kernel(const Bf16* __restrict__ table, const int32_t* 
   }
 }
 
+// Eight bf16 values in one 16-byte word, and back.
+struct Bf16x8 {
+  float v[8];
+};
+__device__ __forceinline__ Bf16x8 unpack8(uint4 w) {
+  Bf16x8 out;
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  #pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[e]));
+    out.v[2 * e] = f.x;
+    out.v[2 * e + 1] = f.y;
+  }
+  return out;
+}
+__device__ __forceinline__ uint4 pack8(const Bf16x8& x) {
+  uint32_t words[4];
+  #pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const __nv_bfloat162 b = __floats2bfloat162_rn(x.v[2 * e], x.v[2 * e + 1]);
+    words[e] = *reinterpret_cast<const uint32_t*>(&b);
+  }
+  return make_uint4(words[0], words[1], words[2], words[3]);
+}
+
+// rms_norm_kernel for rows of whole 16-byte words (width % 8 == 0, aligned buffers).
+__global__ void rms_norm_vec8_kernel(const uint4* x, uint4* residual, const uint4* __restrict__ weight,
+                                     uint4* out, int64_t width, float eps) {
+  const int64_t row = blockIdx.x;
+  const int64_t words = width / 8;
+  const uint4* xr = x + row * words;
+  uint4* rr = residual ? residual + row * words : nullptr;
+  float sum_sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < words; i += blockDim.x) {
+    Bf16x8 v = unpack8(xr[i]);
+    if (rr) {
+      const Bf16x8 r = unpack8(rr[i]);
+      #pragma unroll
+      for (int e = 0; e < 8; ++e) v.v[e] = round_bf16(v.v[e] + r.v[e]);
+      rr[i] = pack8(v);
+    }
+    #pragma unroll
+    for (int e = 0; e < 8; ++e) sum_sq += v.v[e] * v.v[e];
+  }
+  const float inv_rms = rsqrtf(block_sum(sum_sq) / static_cast<float>(width) + eps);
+  const uint4* src = rr ? rr : xr;
+  uint4* o = out + row * words;
+  for (int64_t i = threadIdx.x; i < words; i += blockDim.x) {
+    Bf16x8 v = unpack8(src[i]);
+    const Bf16x8 w = unpack8(weight[i]);
+    #pragma unroll
+    for (int e = 0; e < 8; ++e) v.v[e] = round_bf16(v.v[e] * inv_rms) * w.v[e];
+    o[i] = pack8(v);
+  }
+}
+
+__global__ void silu_mul_vec8_kernel(const uint4* __restrict__ gate_up, uint4* __restrict__ out, int64_t rows,
+                                     int64_t width) {
+  const int64_t words = width / 8;
+  const int64_t n = rows * words;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = k / words;
+    const int64_t c = k - r * words;
+    const Bf16x8 g = unpack8(gate_up[r * 2 * words + c]);
+    const Bf16x8 u = unpack8(gate_up[r * 2 * words + words + c]);
+    Bf16x8 o;
+    #pragma unroll
+    for (int e = 0; e < 8; ++e) o.v[e] = round_bf16(g.v[e] / (1.0f + __expf(-g.v[e]))) * u.v[e];
+    out[k] = pack8(o);
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // One block per row: the (residual) sum and its squares, then the scaled row.
-__global__ void rms_norm_kernel(const Bf16* __restrict__ x, Bf16* residual, const Bf16* __restrict__ weight, Bf16* out,
+__global__ void rms_norm_kernel(const Bf16* x, Bf16* residual, const Bf16* __restrict__ weight, Bf16* out,
                                 int64_t width, float eps) {
   const int64_t row = blockIdx.x;
   const Bf16* xr = x + row * width;
@@ -144,12 +219,26 @@ const char* embedding(const EmbeddingParams& p, Stream stream) {
 }
 
 const char* rms_norm(const RmsNormParams& p, Stream stream) {
+  if (p.width % 8 == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.out) &&
+      (!p.residual || aligned16(p.residual))) {
+    rms_norm_vec8_kernel<<<static_cast<unsigned>(p.rows), row_threads(p.width / 8), 0, stream>>>(
+        reinterpret_cast<const uint4*>(p.x), reinterpret_cast<uint4*>(p.residual),
+        reinterpret_cast<const uint4*>(p.weight), reinterpret_cast<uint4*>(p.out), p.width, p.eps);
+    return launched();
+  }
   rms_norm_kernel<<<static_cast<unsigned>(p.rows), row_threads(p.width), 0, stream>>>(p.x, p.residual, p.weight, p.out,
                                                                                      p.width, p.eps);
   return launched();
 }
 
 const char* silu_mul(const SiluMulParams& p, Stream stream) {
+  if (p.width % 8 == 0 && aligned16(p.gate_up) && aligned16(p.out)) {
+    const int64_t words = p.rows * p.width / 8;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((words + 255) / 256, 132 * 16));
+    silu_mul_vec8_kernel<<<blocks, 256, 0, stream>>>(reinterpret_cast<const uint4*>(p.gate_up),
+                                                      reinterpret_cast<uint4*>(p.out), p.rows, p.width);
+    return launched();
+  }
   const int64_t n = p.rows * p.width;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 132 * 16));
   silu_mul_kernel<<<blocks, 256, 0, stream>>>(p.gate_up, p.out, p.rows, p.width);
