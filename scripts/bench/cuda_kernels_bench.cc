@@ -1,8 +1,12 @@
-// Memory-bound CUDA kernels against the GPU's own copy bandwidth, measured in the same run:
+// CUDA kernels against the GPU's own limits measured in the same run. Memory-bound ones
+// against the device's copy bandwidth:
 // decode attention at Llama-3-8B's head shapes (32 query heads over 8 KV heads, head_dim
 // 128, pages of 16) over several batch sizes at a 1k context, RMSNorm and SiLU·mul at 8B's
 // widths. Each figure is bytes the kernel must move / time (CUDA events, median of 50 runs
 // after 5 warm-ups), and its share of a device-to-device cudaMemcpy's rate (read + write).
+// GEMMs (cuBLASLt bf16) at Llama-3-8B's projection shapes: TFLOP/s against the best of a
+// large square GEMM in the same run (prefill), and weight bytes per second against the
+// copy rate (decode rows, where reading the weight is the cost).
 // Prints a Markdown table. On the GPU host, from a bundle (scripts/gpu/bundle):
 //   LD_LIBRARY_PATH=.gpu-bundle/lib .gpu-bundle/bin/tessera-bench-cuda-kernels
 #include <cuda_runtime.h>
@@ -16,6 +20,7 @@
 #include <vector>
 
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/layer_ops.h"
 
 using namespace tessera::kernels::cuda;
@@ -159,6 +164,53 @@ int main() {
     row("silu_mul", std::to_string(rows) + " x 14336", ms, 3.0 * rows * width * 2);
     cudaFree(gu);
     cudaFree(o);
+  }
+
+  auto gemm = Gemm::create();
+  check(gemm.status());
+  // Random operands: tensor cores draw less power (and clock higher) on constant data.
+  std::vector<Bf16> noise(size_t{28672} * 8192);
+  uint64_t x = 88172645463325252ull;
+  for (Bf16& v : noise) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    v = static_cast<Bf16>(0x3C00 | (x & 0x81FF));  // random sign and mantissa, magnitudes 2^-7..2^-6
+  }
+  auto random_alloc = [&](int64_t n) {
+    Bf16* p = device_alloc<Bf16>(n);
+    check(cudaMemcpy(p, noise.data(), static_cast<size_t>(n) * sizeof(Bf16), cudaMemcpyHostToDevice), "copy");
+    return p;
+  };
+  auto gemm_ms = [&](int64_t m, int64_t n, int64_t k) {
+    Bf16* act = random_alloc(m * k);
+    Bf16* w = random_alloc(n * k);
+    Bf16* c = device_alloc<Bf16>(m * n);
+    const double ms = time_ms([&] { check((*gemm)->run({act, w, c, m, n, k}, nullptr)); });
+    cudaFree(act);
+    cudaFree(w);
+    cudaFree(c);
+    return ms;
+  };
+  const double square_ms = gemm_ms(8192, 8192, 8192);
+  const double peak_tflops = 2.0 * 8192.0 * 8192.0 * 8192.0 / (square_ms * 1e-3) / 1e12;
+  std::printf("\nbf16 GEMM reference: 8192 x 8192 x 8192 at %.0f TFLOP/s\n\n", peak_tflops);
+  std::printf("| GEMM (m x n x k) | what | time (us) | TFLOP/s | share of the square GEMM | weight GB/s | share of copy rate |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  struct Proj {
+    const char* name;
+    int64_t n, k;
+  };
+  const Proj projs[] = {{"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 28672, 4096}, {"down", 4096, 14336}};
+  for (int64_t m : {1, 8, 32, 128, 2048, 8192}) {
+    for (const Proj& pr : projs) {
+      const double ms = gemm_ms(m, pr.n, pr.k);
+      const double tflops = 2.0 * m * pr.n * pr.k / (ms * 1e-3) / 1e12;
+      const double weight_gbs = 2.0 * pr.n * pr.k / (ms * 1e-3) / 1e9;
+      std::printf("| %lld x %lld x %lld | %s | %.1f | %.1f | %.0f%% | %.0f | %.0f%% |\n", static_cast<long long>(m),
+                  static_cast<long long>(pr.n), static_cast<long long>(pr.k), pr.name, ms * 1e3, tflops,
+                  100.0 * tflops / peak_tflops, weight_gbs, 100.0 * weight_gbs / copy_gbs);
+    }
   }
   return 0;
 }

@@ -1,0 +1,112 @@
+#include "kernels/cuda/gemm.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <string>
+#include <tuple>
+
+namespace tessera::kernels::cuda {
+
+namespace {
+
+Status cublas_error(const char* what, cublasStatus_t s) {
+  return internal_error(std::string("cuBLASLt ") + what + ": status " + std::to_string(static_cast<int>(s)));
+}
+
+// Row-major C = A·Wᵀ is column-major Cᵀ = W·Aᵀ: cuBLASLt sees the weight buffer as a
+// k×n column-major matrix taken transposed, the activations as k×m, and writes n×m.
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t w_layout = nullptr, a_layout = nullptr, c_layout = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Plan() {
+    if (c_layout) cublasLtMatrixLayoutDestroy(c_layout);
+    if (a_layout) cublasLtMatrixLayoutDestroy(a_layout);
+    if (w_layout) cublasLtMatrixLayoutDestroy(w_layout);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+}  // namespace
+
+struct Gemm::Impl {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> plans;
+
+  ~Impl() {
+    plans.clear();
+    if (workspace) cudaFree(workspace);
+    if (handle) cublasLtDestroy(handle);
+  }
+
+  Result<Plan*> plan(int64_t m, int64_t n, int64_t k) {
+    auto key = std::make_tuple(m, n, k);
+    if (auto it = plans.find(key); it != plans.end()) return it->second.get();
+    auto p = std::make_unique<Plan>();
+    cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (s != CUBLAS_STATUS_SUCCESS) return cublas_error("matmul descriptor", s);
+    const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
+    cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose);
+    cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof keep);
+    if ((s = cublasLtMatrixLayoutCreate(&p->w_layout, CUDA_R_16BF, k, n, k)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasLtMatrixLayoutCreate(&p->a_layout, CUDA_R_16BF, k, m, k)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasLtMatrixLayoutCreate(&p->c_layout, CUDA_R_16BF, n, m, n)) != CUBLAS_STATUS_SUCCESS) {
+      return cublas_error("matrix layout", s);
+    }
+    cublasLtMatmulPreference_t pref = nullptr;
+    if ((s = cublasLtMatmulPreferenceCreate(&pref)) != CUBLAS_STATUS_SUCCESS) return cublas_error("preference", s);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
+                                         sizeof workspace_bytes);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    s = cublasLtMatmulAlgoGetHeuristic(handle, p->op, p->w_layout, p->a_layout, p->c_layout, p->c_layout, pref, 1,
+                                       &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS || found == 0) {
+      return internal_error("cuBLASLt: no bf16 algorithm for m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                            " k=" + std::to_string(k) + " (status " + std::to_string(static_cast<int>(s)) + ")");
+    }
+    p->algo = result.algo;
+    Plan* raw = p.get();
+    plans.emplace(key, std::move(p));
+    return raw;
+  }
+};
+
+Gemm::Gemm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Gemm::~Gemm() = default;
+
+Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes) {
+  auto impl = std::make_unique<Impl>();
+  if (cublasStatus_t s = cublasLtCreate(&impl->handle); s != CUBLAS_STATUS_SUCCESS) return cublas_error("create", s);
+  if (workspace_bytes > 0) {
+    if (cudaError_t e = cudaMalloc(&impl->workspace, workspace_bytes); e != cudaSuccess) {
+      return resource_exhausted(std::string("cuBLASLt workspace: ") + cudaGetErrorString(e));
+    }
+  }
+  impl->workspace_bytes = workspace_bytes;
+  return std::unique_ptr<Gemm>(new Gemm(std::move(impl)));
+}
+
+Status Gemm::run(const GemmParams& p, Stream stream) {
+  if (p.m < 0 || p.n <= 0 || p.k <= 0) return invalid_argument("cuda gemm: bad shape");
+  if (p.m == 0) return Status::ok();
+  if (!p.a || !p.w || !p.c) return invalid_argument("cuda gemm: null buffer");
+  auto plan = impl_->plan(p.m, p.n, p.k);
+  if (!plan) return plan.status();
+  const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+  const cublasStatus_t s =
+      cublasLtMatmul(impl_->handle, (*plan)->op, &alpha, p.w, (*plan)->w_layout, p.a, (*plan)->a_layout, &beta, p.c,
+                     (*plan)->c_layout, p.c, (*plan)->c_layout, &(*plan)->algo, impl_->workspace,
+                     impl_->workspace_bytes, stream);
+  if (s != CUBLAS_STATUS_SUCCESS) return cublas_error("matmul", s);
+  return Status::ok();
+}
+
+size_t Gemm::num_cached_shapes() const { return impl_->plans.size(); }
+
+}  // namespace tessera::kernels::cuda

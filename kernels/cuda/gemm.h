@@ -1,0 +1,50 @@
+// bf16 GEMMs through cuBLASLt: C[m, n] = A[m, k] · W[n, k]ᵀ (+ C when accumulate), with
+// activations A row-major and the weight row-major as [out_features, in_features] (the
+// layout of Hugging Face checkpoints), fp32 accumulation, bf16 output. The algorithm of
+// each shape is chosen once (cuBLASLt's heuristic under the workspace limit) and cached
+// with its descriptors. Plain C++ header.
+//
+// Threads: a Gemm is used by one thread at a time (one per worker stream); its cache is
+// not locked.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "kernels/cuda/layer_ops_params.h"
+#include "tessera/common/status.h"
+
+namespace tessera::kernels::cuda {
+
+struct GemmParams {
+  const Bf16* a = nullptr;  // [m, k] activations
+  const Bf16* w = nullptr;  // [n, k] weight
+  Bf16* c = nullptr;        // [m, n]
+  int64_t m = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+  bool accumulate = false;  // C += A·Wᵀ (a residual add folded into the projection)
+};
+
+class Gemm {
+ public:
+  // A cuBLASLt handle and `workspace_bytes` of device memory for its algorithms.
+  [[nodiscard]] static Result<std::unique_ptr<Gemm>> create(size_t workspace_bytes = size_t{32} << 20);
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  // Enqueues on `stream`; never synchronizes. INVALID_ARGUMENT for bad shapes; INTERNAL
+  // (with cuBLAS's status) when no algorithm fits or the launch fails.
+  [[nodiscard]] Status run(const GemmParams& p, Stream stream);
+  // Shapes whose plan is cached.
+  size_t num_cached_shapes() const;
+
+ private:
+  struct Impl;
+  explicit Gemm(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera::kernels::cuda
