@@ -1,8 +1,10 @@
 // bf16 GEMMs through cuBLASLt: C[m, n] = A[m, k] · W[n, k]ᵀ (+ C when accumulate), with
 // activations A row-major and the weight row-major as [out_features, in_features] (the
 // layout of Hugging Face checkpoints), fp32 accumulation, bf16 output. The algorithm of
-// each shape is chosen once (cuBLASLt's heuristic under the workspace limit) and cached
-// with its descriptors. Plain C++ header.
+// each shape is chosen once and cached with its descriptors: cuBLASLt's first heuristic
+// for prefill shapes; for skinny ones (m <= 256, decode) the fastest of its first eight
+// candidates, timed on the first call, which synchronizes the stream that once (so warm
+// a shape up before capturing it in a CUDA graph). Plain C++ header.
 //
 // Threads: a Gemm is used by one thread at a time (one per worker stream); its cache is
 // not locked.
