@@ -1,0 +1,57 @@
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/sampling_params.h"
+
+namespace tessera::kernels::cuda {
+
+namespace {
+
+constexpr int kThreads = 512;
+
+// (value, index) pairs ordered by value, then by the lower index; NaN below everything.
+struct Best {
+  float value;
+  int32_t index;
+};
+__device__ __forceinline__ bool better(const Best& a, const Best& b) {
+  if (a.value != a.value) return false;  // NaN never wins
+  if (b.value != b.value) return true;
+  return a.value > b.value || (a.value == b.value && a.index < b.index);
+}
+
+__global__ void __launch_bounds__(kThreads) argmax_kernel(ArgmaxParams p) {
+  const float* row = p.logits + blockIdx.x * p.stride;
+  Best best{__int_as_float(0x7fc00000), -1};
+  for (int64_t i = threadIdx.x; i < p.vocab; i += kThreads) {
+    const Best c{row[i], static_cast<int32_t>(i)};
+    if (best.index < 0 || better(c, best)) best = c;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const Best other{__shfl_xor_sync(0xffffffffu, best.value, o), __shfl_xor_sync(0xffffffffu, best.index, o)};
+    if (other.index >= 0 && (best.index < 0 || better(other, best))) best = other;
+  }
+  __shared__ Best warps[kThreads / 32];
+  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = best;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    Best b = warps[0];
+    for (int w = 1; w < kThreads / 32; ++w) {
+      if (warps[w].index >= 0 && (b.index < 0 || better(warps[w], b))) b = warps[w];
+    }
+    p.out[blockIdx.x] = b.index < 0 ? 0 : b.index;
+  }
+}
+
+}  // namespace
+
+namespace launch {
+
+const char* argmax(const ArgmaxParams& p, Stream stream) {
+  argmax_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+}  // namespace launch
+
+}  // namespace tessera::kernels::cuda
