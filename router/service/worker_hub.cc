@@ -464,11 +464,11 @@ Result<std::vector<RequestEvent>> WorkerGroup::await_result(const Plan& plan, Cl
 void WorkerGroup::end_session(const Status& reason) {
   // OK means drained: nothing should be left, but whatever is ends as UNAVAILABLE.
   const Status error = reason.is_ok() ? unavailable("group " + name_ + " drained") : reason;
-  deliver(scheduler_->fail_running(error));
-  deliver(scheduler_->fail_waiting(error));
   std::vector<std::shared_ptr<Rank>> ranks;
   std::deque<std::variant<Submit, Abort>> inbox;
   {
+    // Not serving before any request hears of the failure: a client that reacts to its
+    // error (places it again, checks health) must not find this group still serving.
     std::lock_guard lock(mutex_);
     last_stats_ = scheduler_->stats();
     last_stats_.num_running = last_stats_.num_waiting = 0;
@@ -478,6 +478,8 @@ void WorkerGroup::end_session(const Status& reason) {
     }
     inbox.swap(inbox_);
   }
+  deliver(scheduler_->fail_running(error));
+  deliver(scheduler_->fail_waiting(error));
   // Requests that had not reached the scheduler go back too (the router service places
   // them on another group, or says none serves), rather than waiting for this one.
   for (auto& item : inbox) {
