@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-  const int32_t* pages = p.block_tables + s * p.max_pages_per_seq;
+  const int32_t* pages = p.block_tables + (p.table_rows ? p.table_rows[s] : s) * p.max_pages_per_seq;
 
   // q rows padded by four floats per 32: the lanes of a token read 16-byte pieces 36 floats
   // apart, in different banks.

@@ -8,7 +8,7 @@
 
 namespace tessera::kernels::cuda {
 
-// One new token per sequence attends to all of its sequence's cached tokens (itself
+// One new token per query row attends to the cached tokens of its sequence (itself
 // included: its K and V were written to the cache first). Token i of sequence s lives in
 // slot block_tables[s][i / page_size] * page_size + i % page_size of both caches.
 // The query heads of a group share one KV head (GQA): num_q_heads = group * num_kv_heads.
@@ -18,6 +18,12 @@ struct DecodeAttentionParams {
   const Bf16* v_cache = nullptr;         // [num_slots, num_kv_heads, head_dim]
   const int32_t* block_tables = nullptr;  // [num_seqs, max_pages_per_seq] page ids
   const int32_t* seq_lens = nullptr;      // [num_seqs] tokens in the cache, at least 1
+  // [num_seqs]: the block-table row each query row reads; nullptr: row i reads row i. With
+  // it the kernel also runs prefill (chunked, over a cached prefix): one query row per new
+  // token, seq_lens[r] = that token's position + 1 (causal), table_rows[r] = its sequence.
+  // That reads K/V once per query row: correct for any chunk, fast only for short ones
+  // until the flash-attention prefill kernel lands.
+  const int32_t* table_rows = nullptr;
   Bf16* out = nullptr;                    // [num_seqs, num_q_heads, head_dim]
   int64_t num_seqs = 0;
   int64_t num_q_heads = 0;
