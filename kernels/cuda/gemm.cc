@@ -149,6 +149,11 @@ Status Gemm::run(const GemmParams& p, Stream stream) {
   if (p.m < 0 || p.n <= 0 || p.k <= 0) return invalid_argument("cuda gemm: bad shape");
   if (p.m == 0) return Status::ok();
   if (!p.a || !p.w || !p.c) return invalid_argument("cuda gemm: null buffer");
+  if (p.m <= launch::kGemvMaxRows && p.k % 8 == 0 &&
+      (reinterpret_cast<uintptr_t>(p.a) | reinterpret_cast<uintptr_t>(p.w)) % 16 == 0) {
+    if (const char* e = launch::gemv(p, stream)) return internal_error(std::string("cuda gemv: ") + e);
+    return Status::ok();
+  }
   auto plan = impl_->plan(p.m, p.n, p.k, p.a, p.w, stream);
   if (!plan) return plan.status();
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;

@@ -14,20 +14,11 @@
 #include <cstdint>
 #include <memory>
 
-#include "kernels/cuda/layer_ops_params.h"
+#include "kernels/cuda/gemm_params.h"
 #include "tessera/common/status.h"
 
 namespace tessera::kernels::cuda {
 
-struct GemmParams {
-  const Bf16* a = nullptr;  // [m, k] activations
-  const Bf16* w = nullptr;  // [n, k] weight
-  Bf16* c = nullptr;        // [m, n]
-  int64_t m = 0;
-  int64_t n = 0;
-  int64_t k = 0;
-  bool accumulate = false;  // C += A·Wᵀ (a residual add folded into the projection)
-};
 
 class Gemm {
  public:

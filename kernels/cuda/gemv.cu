@@ -1,0 +1,60 @@
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/gemm_params.h"
+
+namespace tessera::kernels::cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+
+__device__ __forceinline__ void unpack(uint4 w, float (&out)[8]) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  #pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[e]));
+    out[2 * e] = f.x;
+    out[2 * e + 1] = f.y;
+  }
+}
+
+// One warp per output column j: the weight row W[j] streams through once, 16 bytes per lane
+// per step, against the activation row (small: it stays in L1/L2).
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemmParams p) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (j >= p.n) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t words = p.k / 8;
+  const uint4* w = reinterpret_cast<const uint4*>(p.w) + j * words;
+  const uint4* a = reinterpret_cast<const uint4*>(p.a);
+  float acc = 0.0f;
+  for (int64_t i = lane; i < words; i += 32) {
+    float wv[8], av[8];
+    unpack(__ldcs(w + i), wv);  // streamed once: do not keep it in cache
+    unpack(__ldg(a + i), av);
+    #pragma unroll
+    for (int e = 0; e < 8; ++e) acc += wv[e] * av[e];
+  }
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) {
+    Bf16* c = p.c + j;
+    if (p.accumulate) acc += __bfloat162float(__ushort_as_bfloat16(*c));
+    *c = __bfloat16_as_ushort(__float2bfloat16_rn(acc));
+  }
+}
+
+}  // namespace
+
+namespace launch {
+
+const char* gemv(const GemmParams& p, Stream stream) {
+  const unsigned blocks = static_cast<unsigned>((p.n + kWarps - 1) / kWarps);
+  gemv_kernel<<<blocks, kWarps * 32, 0, stream>>>(p);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+}  // namespace launch
+
+}  // namespace tessera::kernels::cuda
