@@ -30,6 +30,16 @@ std::variant<json, ApiError> json_object(const std::string& body) {
   return j;
 }
 
+// The n samples of one prompt. They must differ: a given seed is spread over them (the
+// k-th draws with seed + k).
+std::vector<ChoiceSpec> n_choices(const ChoiceSpec& spec, uint32_t n) {
+  std::vector<ChoiceSpec> out(n, spec);
+  for (uint32_t k = 1; k < n; ++k) {
+    if (out[k].sampling.has_seed()) out[k].sampling.set_seed(spec.sampling.seed() + k);
+  }
+  return out;
+}
+
 }  // namespace
 
 struct ApiService::Admission {
@@ -210,15 +220,25 @@ std::variant<std::shared_ptr<ApiService::Admission>, ApiError> ApiService::admit
   return slot;
 }
 
-void ApiService::run(const std::shared_ptr<http::Exchange>& ex, std::shared_ptr<Admission> slot, JobOptions options,
-                     std::vector<ChoiceSpec> choices, std::shared_ptr<GenerationSink> sink) {
+void ApiService::start(const std::shared_ptr<http::Exchange>& ex, const std::string& endpoint, JobOptions options,
+                       const v1::SamplingParams& sampling, std::vector<ChoiceSpec> choices, const SinkFactory& make_sink) {
+  metrics_.observe_tokenize(std::chrono::duration<double>(Clock::now() - options.arrival).count());
+  const std::vector<int32_t> stop_ids(sampling.stop_token_ids().begin(), sampling.stop_token_ids().end());
+  std::vector<int32_t> biased;
+  for (const auto& [id, bias] : sampling.logit_bias()) biased.push_back(id);
+  if (auto e = check_token_ids(stop_ids, "stop_token_ids")) return answer(ex, endpoint, error_response(*e));
+  if (auto e = check_token_ids(biased, "logit_bias")) return answer(ex, endpoint, error_response(*e));
+  auto slot = admit();
+  if (auto* e = std::get_if<ApiError>(&slot)) return answer(ex, endpoint, error_response(*e));
+  auto admission = std::get<std::shared_ptr<Admission>>(slot);
+  auto sink = make_sink({ex, &metrics_, endpoint, [admission] { admission->release(); }});
   options.timeout = options_.request_timeout;
   auto job = GenerationJob::start(pool_, model_.tokenizer, &metrics_, std::move(options), std::move(choices), std::move(sink));
   const uint64_t key = next_id_++;
   {
     std::lock_guard lock(mutex_);
-    if (!slot->released) {  // the job may be over already (no router was ready)
-      slot->job_key = key;
+    if (!admission->released) {  // the job may be over already (no router was ready)
+      admission->job_key = key;
       jobs_[key] = job;
     }
   }
@@ -231,15 +251,6 @@ void ApiService::run(const std::shared_ptr<http::Exchange>& ex, std::shared_ptr<
 void ApiService::start_openai(const std::shared_ptr<http::Exchange>& ex, const std::string& endpoint, ApiFlavor flavor,
                               const GenerationOptions& options, Clock::time_point arrival,
                               std::vector<ChoiceSpec> choices, std::vector<std::string> echo) {
-  metrics_.observe_tokenize(std::chrono::duration<double>(Clock::now() - arrival).count());
-  const std::vector<int32_t> stop_ids(options.sampling.stop_token_ids().begin(), options.sampling.stop_token_ids().end());
-  std::vector<int32_t> biased;
-  for (const auto& [id, bias] : options.sampling.logit_bias()) biased.push_back(id);
-  if (auto e = check_token_ids(stop_ids, "stop_token_ids")) return answer(ex, endpoint, error_response(*e));
-  if (auto e = check_token_ids(biased, "logit_bias")) return answer(ex, endpoint, error_response(*e));
-  auto slot = admit();
-  if (auto* e = std::get_if<ApiError>(&slot)) return answer(ex, endpoint, error_response(*e));
-  auto admission = std::get<std::shared_ptr<Admission>>(slot);
   OpenAiSinkOptions so;
   so.flavor = flavor;
   so.head = {new_id(flavor == ApiFlavor::kChat ? "chatcmpl" : "cmpl"), unix_seconds(), options.model};
@@ -255,8 +266,8 @@ void ApiService::start_openai(const std::shared_ptr<http::Exchange>& ex, const s
   jo.skip_special_tokens = options.skip_special_tokens;
   jo.logprobs = so.logprobs;
   jo.arrival = arrival;
-  auto sink = make_openai_sink({ex, &metrics_, endpoint, [admission] { admission->release(); }}, std::move(so));
-  run(ex, admission, std::move(jo), std::move(choices), std::move(sink));
+  start(ex, endpoint, std::move(jo), options.sampling, std::move(choices),
+        [&so](SinkContext context) { return make_openai_sink(std::move(context), std::move(so)); });
 }
 
 void ApiService::completions(const std::shared_ptr<http::Exchange>& ex) {
@@ -289,10 +300,7 @@ void ApiService::completions(const std::shared_ptr<http::Exchange>& ex) {
       }
     }
     if (auto e = fit_context(spec.prompt.size(), r.options.max_tokens, spec.sampling)) return answer(ex, endpoint, error_response(*e));
-    for (uint32_t k = 0; k < r.options.n; ++k) {
-      ChoiceSpec c = spec;
-      // n samples of one prompt must differ: a given seed is spread over them.
-      if (c.sampling.has_seed() && k > 0) c.sampling.set_seed(c.sampling.seed() + k);
+    for (ChoiceSpec& c : n_choices(spec, r.options.n)) {
       choices.push_back(std::move(c));
       if (r.echo) echo.push_back(prompt_text);
     }
@@ -328,13 +336,7 @@ void ApiService::chat_completions(const std::shared_ptr<http::Exchange>& ex) {
   spec.prompt.assign(ids->begin(), ids->end());
   spec.sampling = r.options.sampling;
   if (auto e = fit_context(spec.prompt.size(), r.options.max_tokens, spec.sampling)) return answer(ex, endpoint, error_response(*e));
-  std::vector<ChoiceSpec> choices;
-  for (uint32_t k = 0; k < r.options.n; ++k) {
-    ChoiceSpec c = spec;
-    if (c.sampling.has_seed() && k > 0) c.sampling.set_seed(c.sampling.seed() + k);
-    choices.push_back(std::move(c));
-  }
-  start_openai(ex, endpoint, ApiFlavor::kChat, r.options, arrival, std::move(choices), {});
+  start_openai(ex, endpoint, ApiFlavor::kChat, r.options, arrival, n_choices(spec, r.options.n), {});
 }
 
 void ApiService::generate(const std::shared_ptr<http::Exchange>& ex, bool stream) {
@@ -349,20 +351,14 @@ void ApiService::generate(const std::shared_ptr<http::Exchange>& ex, bool stream
   spec.prompt.assign(ids->begin(), ids->end());
   spec.sampling = r.options.sampling;
   if (auto e = fit_context(spec.prompt.size(), r.options.max_tokens, spec.sampling)) return answer(ex, endpoint, error_response(*e));
-  metrics_.observe_tokenize(std::chrono::duration<double>(Clock::now() - arrival).count());
-  auto slot = admit();
-  if (auto* e = std::get_if<ApiError>(&slot)) return answer(ex, endpoint, error_response(*e));
-  auto admission = std::get<std::shared_ptr<Admission>>(slot);
   JobOptions jo;
   jo.request_id = new_id("gen");
   jo.model = options_.served_name;
   jo.stop = r.options.stop;
   jo.skip_special_tokens = r.options.skip_special_tokens;
   jo.arrival = arrival;
-  auto sink = make_generate_sink({ex, &metrics_, endpoint, [admission] { admission->release(); }}, stream);
-  std::vector<ChoiceSpec> choices;
-  choices.push_back(std::move(spec));
-  run(ex, admission, std::move(jo), std::move(choices), std::move(sink));
+  start(ex, endpoint, std::move(jo), r.options.sampling, n_choices(spec, 1),
+        [stream](SinkContext context) { return make_generate_sink(std::move(context), stream); });
 }
 
 void ApiService::tokenize(const std::shared_ptr<http::Exchange>& ex) {

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -81,13 +82,16 @@ class ApiService {
   std::optional<ApiError> check_token_ids(const std::vector<int32_t>& ids, const char* param) const;
   // Takes an in-flight slot, or says why not (429 at the cap, 503 while draining).
   std::variant<std::shared_ptr<Admission>, ApiError> admit();
-  // Admits an OpenAI request and starts its job with the sink of its flavor.
+  using SinkFactory = std::function<std::shared_ptr<GenerationSink>(SinkContext)>;
+  // Checks the token ids the sampling parameters name, takes an in-flight slot and starts
+  // the job with the sink make_sink builds (the exchange's disconnect cancels it); answers
+  // the error instead when there is one.
+  void start(const std::shared_ptr<http::Exchange>& ex, const std::string& endpoint, JobOptions options,
+             const v1::SamplingParams& sampling, std::vector<ChoiceSpec> choices, const SinkFactory& make_sink);
+  // start() with the OpenAI sink of the flavor.
   void start_openai(const std::shared_ptr<http::Exchange>& ex, const std::string& endpoint, ApiFlavor flavor,
                     const GenerationOptions& options, std::chrono::steady_clock::time_point arrival,
                     std::vector<ChoiceSpec> choices, std::vector<std::string> echo);
-  // Starts the job; the exchange's disconnect cancels it.
-  void run(const std::shared_ptr<http::Exchange>& ex, std::shared_ptr<Admission> slot, JobOptions options,
-           std::vector<ChoiceSpec> choices, std::shared_ptr<GenerationSink> sink);
   void answer(const std::shared_ptr<http::Exchange>& ex, const std::string& endpoint, http::Response response);
   std::string new_id(const char* prefix);
 

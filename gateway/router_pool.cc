@@ -53,7 +53,9 @@ RouterPool::RouterPool(RouterPoolOptions options) : options_(std::move(options))
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
     r->stub = v1::Router::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
     replicas_.push_back(std::move(r));
-    statuses_.push_back(ReplicaStatus{address, false, false, false, false, 0, ""});
+    ReplicaStatus status;  // not reachable until a poll says otherwise
+    status.address = address;
+    statuses_.push_back(std::move(status));
     last_healthy_.emplace_back();
   }
   // One poller per replica, with blocking calls: a replica that hangs delays nobody else's

@@ -1,5 +1,6 @@
 #include "gateway/http/http_server.h"
 
+#include "gateway/openai/request.h"  // ApiError: what the server answers by itself is in OpenAI's shape too
 #include "tessera/common/tcp_listener.h"
 
 #include <algorithm>
@@ -12,7 +13,6 @@
 #include <sys/socket.h>
 #include <deque>
 #include <optional>
-#include <nlohmann/json.hpp>
 #include <thread>
 
 namespace tessera::gateway::http {
@@ -37,13 +37,6 @@ Status ServerOptions::validate() const {
 }
 
 namespace {
-
-// {"error": {...}} in OpenAI's shape, for what the server answers by itself.
-std::string error_json(const std::string& message, const std::string& type, const std::string& code) {
-  nlohmann::json e = {{"message", message}, {"type", type}, {"param", nullptr}};
-  e["code"] = code.empty() ? nlohmann::json(nullptr) : nlohmann::json(code);
-  return nlohmann::json{{"error", e}}.dump();
-}
 
 std::string status_line(int status) {
   const auto reason = bhttp::obsolete_reason(bhttp::int_to_status(static_cast<unsigned>(status)));
@@ -192,7 +185,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     try {
       handler_(exchange);
     } catch (const std::exception& e) {
-      respond({500, "application/json", error_json(std::string("internal error: ") + e.what(), "internal_error", ""), {}});
+      respond({500, "application/json",
+               ApiError{500, "internal_error", std::string("internal error: ") + e.what(), "", ""}.to_json(), {}});
     }
   }
 
@@ -216,7 +210,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // An answer to a request that could not be read whole; the connection closes after it.
   void refuse(int status, const std::string& message, const std::string& code) {
     begin_exchange(11, false, bhttp::verb::unknown);
-    respond({status, "application/json", error_json(message, "invalid_request_error", code), {}});
+    respond({status, "application/json", ApiError{status, "invalid_request_error", message, "", code}.to_json(), {}});
   }
 
   void append_common_headers(std::string& out, const Headers& headers) const {
