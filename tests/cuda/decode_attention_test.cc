@@ -16,6 +16,76 @@ using namespace tessera::cuda_testing;
 
 namespace {
 
+// One call's inputs on the host: query rows, each reading block-table row table_rows[r]
+// (row r when empty) up to lens[r] tokens.
+struct AttentionInputs {
+  int64_t num_kv_heads = 0, group = 0, head_dim = 0, page_size = 0, max_pages = 0;
+  std::vector<int32_t> tables, lens, table_rows;
+  std::vector<Bf16> q, k_cache, v_cache;
+  float scale = 0;
+};
+
+// Runs the kernel (split as given: 0 none) and checks every output element against the
+// float64 reference.
+void run_and_check(const AttentionInputs& in, int64_t split_tokens, int64_t max_splits) {
+  const int64_t Hkv = in.num_kv_heads, Hq = Hkv * in.group, D = in.head_dim, P = in.page_size;
+  const int64_t R = static_cast<int64_t>(in.lens.size());
+  DeviceBuffer<Bf16> d_q(in.q), d_k(in.k_cache), d_v(in.v_cache), d_out(R * Hq * D);
+  DeviceBuffer<int32_t> d_tables(in.tables), d_lens(in.lens), d_rows(in.table_rows);
+  DeviceBuffer<float> d_ws(std::max<int64_t>(1, R * Hq * max_splits * (D + 2)));
+  d_out.poison();
+  d_ws.poison();
+  DecodeAttentionParams p;
+  p.q = d_q.ptr;
+  p.k_cache = d_k.ptr;
+  p.v_cache = d_v.ptr;
+  p.block_tables = d_tables.ptr;
+  p.seq_lens = d_lens.ptr;
+  p.table_rows = in.table_rows.empty() ? nullptr : d_rows.ptr;
+  p.out = d_out.ptr;
+  p.num_seqs = R;
+  p.num_q_heads = Hq;
+  p.num_kv_heads = Hkv;
+  p.head_dim = D;
+  p.page_size = P;
+  p.max_pages_per_seq = in.max_pages;
+  p.scale = in.scale;
+  p.split_tokens = split_tokens;
+  p.max_splits = max_splits;
+  p.workspace = d_ws.ptr;
+  INFO("split_tokens " << split_tokens << " max_splits " << max_splits);
+  REQUIRE(decode_attention(p, nullptr).is_ok());
+  const auto out = d_out.download();
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t len = in.lens[r];
+    const int64_t table = in.table_rows.empty() ? r : in.table_rows[r];
+    auto slot = [&](int64_t i) { return static_cast<int64_t>(in.tables[table * in.max_pages + i / P]) * P + i % P; };
+    for (int64_t h = 0; h < Hq; ++h) {
+      const int64_t kv = h / in.group;
+      std::vector<double> w(len);
+      double big = -1e300, den = 0;
+      for (int64_t i = 0; i < len; ++i) {
+        double dot = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          dot += to_float(in.q[(r * Hq + h) * D + d]) * to_float(in.k_cache[(slot(i) * Hkv + kv) * D + d]);
+        }
+        w[i] = dot * in.scale;
+        big = std::max(big, w[i]);
+      }
+      for (double& x : w) den += (x = std::exp(x - big));
+      for (int64_t d = 0; d < D; ++d) {
+        double want = 0;
+        for (int64_t i = 0; i < len; ++i) want += w[i] * to_float(in.v_cache[(slot(i) * Hkv + kv) * D + d]);
+        want /= den;
+        const double got = to_float(out[(r * Hq + h) * D + d]);
+        INFO("row " << r << " (len " << len << ") head " << h << " dim " << d << " want " << want << " got " << got);
+        REQUIRE(std::isfinite(got));
+        REQUIRE(std::abs(got - want) <= 0.008 * std::abs(want) + 2e-3);
+      }
+    }
+  }
+}
+
 struct Case {
   int64_t num_kv_heads, group, head_dim, page_size;
   std::vector<int32_t> seq_lens;
@@ -23,11 +93,17 @@ struct Case {
 
 // split_tokens: 0 for none, -1 for plan_decode_split's choice on a 132-SM GPU, else as given.
 void run_case(const Case& c, int64_t split_tokens, std::mt19937& rng) {
-  const int64_t Hkv = c.num_kv_heads, Hq = Hkv * c.group, D = c.head_dim, P = c.page_size;
+  AttentionInputs in;
+  in.num_kv_heads = c.num_kv_heads;
+  in.group = c.group;
+  in.head_dim = c.head_dim;
+  in.page_size = c.page_size;
+  const int64_t Hq = c.num_kv_heads * c.group, P = c.page_size;
   const int64_t S = static_cast<int64_t>(c.seq_lens.size());
-  int64_t max_pages = 1, total_pages = 0;
+  int64_t total_pages = 0;
+  in.max_pages = 1;
   for (int32_t len : c.seq_lens) {
-    max_pages = std::max<int64_t>(max_pages, (len + P - 1) / P);
+    in.max_pages = std::max<int64_t>(in.max_pages, (len + P - 1) / P);
     total_pages += (len + P - 1) / P;
   }
   const int64_t num_pages = total_pages + 2;
@@ -35,75 +111,22 @@ void run_case(const Case& c, int64_t split_tokens, std::mt19937& rng) {
   std::vector<int32_t> pool(num_pages);
   std::iota(pool.begin(), pool.end(), 0);
   std::shuffle(pool.begin(), pool.end(), rng);
-  std::vector<int32_t> tables(S * max_pages, -1);
+  in.tables.assign(S * in.max_pages, -1);
   size_t next = 0;
   for (int64_t s = 0; s < S; ++s) {
-    for (int64_t i = 0; i < (c.seq_lens[s] + P - 1) / P; ++i) tables[s * max_pages + i] = pool[next++];
+    for (int64_t i = 0; i < (c.seq_lens[s] + P - 1) / P; ++i) in.tables[s * in.max_pages + i] = pool[next++];
   }
-  const auto q = random_bf16(S * Hq * D, rng);
-  const auto kc = random_bf16(num_pages * P * Hkv * D, rng);
-  const auto vc = random_bf16(num_pages * P * Hkv * D, rng);
-  DeviceBuffer<Bf16> d_q(q), d_k(kc), d_v(vc), d_out(S * Hq * D);
-  DeviceBuffer<int32_t> d_tables(tables), d_lens(c.seq_lens);
-  d_out.poison();
-  DecodeAttentionParams p;
-  p.q = d_q.ptr;
-  p.k_cache = d_k.ptr;
-  p.v_cache = d_v.ptr;
-  p.block_tables = d_tables.ptr;
-  p.seq_lens = d_lens.ptr;
-  p.out = d_out.ptr;
-  p.num_seqs = S;
-  p.num_q_heads = Hq;
-  p.num_kv_heads = Hkv;
-  p.head_dim = D;
-  p.page_size = P;
-  p.max_pages_per_seq = max_pages;
-  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  in.lens = c.seq_lens;
+  in.q = random_bf16(S * Hq * c.head_dim, rng);
+  in.k_cache = random_bf16(num_pages * P * c.num_kv_heads * c.head_dim, rng);
+  in.v_cache = random_bf16(num_pages * P * c.num_kv_heads * c.head_dim, rng);
+  in.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
   const int64_t longest = *std::max_element(c.seq_lens.begin(), c.seq_lens.end());
   if (split_tokens < 0) {
-    const DecodeSplit plan = plan_decode_split(S, Hq, Hkv, D, longest, 132);
-    p.split_tokens = plan.split_tokens;
-    p.max_splits = plan.max_splits;
-  } else if (split_tokens > 0) {
-    p.split_tokens = split_tokens;
-    p.max_splits = (longest + split_tokens - 1) / split_tokens;
-  }
-  INFO("split_tokens " << p.split_tokens << " max_splits " << p.max_splits);
-  DeviceBuffer<float> d_ws(std::max<int64_t>(1, S * Hq * p.max_splits * (D + 2)));
-  d_ws.poison();
-  p.workspace = d_ws.ptr;
-  REQUIRE(decode_attention(p, nullptr).is_ok());
-  const auto out = d_out.download();
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t len = c.seq_lens[s];
-    for (int64_t h = 0; h < Hq; ++h) {
-      const int64_t kv = h / c.group;
-      std::vector<double> logits(len);
-      double big = -1e300;
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t slot = static_cast<int64_t>(tables[s * max_pages + i / P]) * P + i % P;
-        double dot = 0;
-        for (int64_t d = 0; d < D; ++d) dot += to_float(q[(s * Hq + h) * D + d]) * to_float(kc[(slot * Hkv + kv) * D + d]);
-        logits[i] = dot * p.scale;
-        big = std::max(big, logits[i]);
-      }
-      std::vector<double> want(D, 0.0);
-      double den = 0;
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t slot = static_cast<int64_t>(tables[s * max_pages + i / P]) * P + i % P;
-        const double w = std::exp(logits[i] - big);
-        den += w;
-        for (int64_t d = 0; d < D; ++d) want[d] += w * to_float(vc[(slot * Hkv + kv) * D + d]);
-      }
-      for (int64_t d = 0; d < D; ++d) {
-        want[d] /= den;
-        const double got = to_float(out[(s * Hq + h) * D + d]);
-        INFO("seq " << s << " (len " << len << ") head " << h << " dim " << d << " want " << want[d] << " got " << got);
-        REQUIRE(std::isfinite(got));
-        REQUIRE(std::abs(got - want[d]) <= 0.008 * std::abs(want[d]) + 2e-3);
-      }
-    }
+    const DecodeSplit plan = plan_decode_split(S, Hq, c.num_kv_heads, c.head_dim, longest, 132);
+    run_and_check(in, plan.split_tokens, plan.max_splits);
+  } else {
+    run_and_check(in, split_tokens, split_tokens > 0 ? (longest + split_tokens - 1) / split_tokens : 1);
   }
 }
 
@@ -154,64 +177,27 @@ TEST_CASE("decode attention refuses shapes it is not built for", "[cuda][attenti
 
 TEST_CASE("prefill chunks run as causal query rows over a cached prefix", "[cuda][attention]") {
   std::mt19937 rng(12);
-  const int64_t Hkv = 3, group = 3, Hq = Hkv * group, D = 64, P = 16;
+  AttentionInputs in;
+  in.num_kv_heads = 3;
+  in.group = 3;
+  in.head_dim = 64;
+  in.page_size = 16;
+  in.max_pages = 8;
+  in.scale = 0.125f;
   // Two sequences: 40 cached tokens + a chunk of 25, and no prefix + a chunk of 18.
   const std::vector<int64_t> prefix = {40, 0}, chunk = {25, 18};
-  const int64_t max_pages = 8;
-  std::vector<int32_t> tables(2 * max_pages);
-  std::iota(tables.begin(), tables.end(), 0);
-  std::shuffle(tables.begin(), tables.end(), rng);
-  std::vector<int32_t> lens, rows;
+  in.tables.resize(2 * in.max_pages);
+  std::iota(in.tables.begin(), in.tables.end(), 0);
+  std::shuffle(in.tables.begin(), in.tables.end(), rng);
   for (int64_t s = 0; s < 2; ++s) {
     for (int64_t i = 0; i < chunk[s]; ++i) {
-      lens.push_back(static_cast<int32_t>(prefix[s] + i + 1));
-      rows.push_back(static_cast<int32_t>(s));
+      in.lens.push_back(static_cast<int32_t>(prefix[s] + i + 1));
+      in.table_rows.push_back(static_cast<int32_t>(s));
     }
   }
-  const int64_t R = static_cast<int64_t>(lens.size());
-  const auto q = random_bf16(R * Hq * D, rng);
-  const auto kc = random_bf16(2 * max_pages * P * Hkv * D, rng);
-  const auto vc = random_bf16(2 * max_pages * P * Hkv * D, rng);
-  DeviceBuffer<Bf16> d_q(q), d_k(kc), d_v(vc), d_out(R * Hq * D);
-  DeviceBuffer<int32_t> d_tables(tables), d_lens(lens), d_rows(rows);
-  d_out.poison();
-  DecodeAttentionParams p;
-  p.q = d_q.ptr;
-  p.k_cache = d_k.ptr;
-  p.v_cache = d_v.ptr;
-  p.block_tables = d_tables.ptr;
-  p.seq_lens = d_lens.ptr;
-  p.table_rows = d_rows.ptr;
-  p.out = d_out.ptr;
-  p.num_seqs = R;
-  p.num_q_heads = Hq;
-  p.num_kv_heads = Hkv;
-  p.head_dim = D;
-  p.page_size = P;
-  p.max_pages_per_seq = max_pages;
-  p.scale = 0.125f;
-  REQUIRE(decode_attention(p, nullptr).is_ok());
-  const auto out = d_out.download();
-  for (int64_t r = 0; r < R; ++r) {
-    for (int64_t h = 0; h < Hq; ++h) {
-      const int64_t kv = h / group;
-      std::vector<double> w(lens[r]);
-      double big = -1e300, den = 0;
-      auto slot = [&](int64_t i) { return static_cast<int64_t>(tables[rows[r] * max_pages + i / P]) * P + i % P; };
-      for (int64_t i = 0; i < lens[r]; ++i) {
-        double dot = 0;
-        for (int64_t d = 0; d < D; ++d) dot += to_float(q[(r * Hq + h) * D + d]) * to_float(kc[(slot(i) * Hkv + kv) * D + d]);
-        w[i] = dot * p.scale;
-        big = std::max(big, w[i]);
-      }
-      for (auto& x : w) den += (x = std::exp(x - big));
-      for (int64_t d = 0; d < D; ++d) {
-        double want = 0;
-        for (int64_t i = 0; i < lens[r]; ++i) want += w[i] * to_float(vc[(slot(i) * Hkv + kv) * D + d]);
-        want /= den;
-        INFO("row " << r << " head " << h << " dim " << d);
-        REQUIRE(std::abs(to_float(out[(r * Hq + h) * D + d]) - want) <= 0.008 * std::abs(want) + 2e-3);
-      }
-    }
-  }
+  const int64_t R = static_cast<int64_t>(in.lens.size()), Hq = in.num_kv_heads * in.group;
+  in.q = random_bf16(R * Hq * in.head_dim, rng);
+  in.k_cache = random_bf16(2 * in.max_pages * in.page_size * in.num_kv_heads * in.head_dim, rng);
+  in.v_cache = random_bf16(2 * in.max_pages * in.page_size * in.num_kv_heads * in.head_dim, rng);
+  run_and_check(in, 0, 1);
 }
