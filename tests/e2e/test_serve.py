@@ -31,13 +31,6 @@ def free_ports(n):
             s.close()
 
 
-@pytest.fixture
-def working_gateway(binary):
-    """Skips while tessera-gateway is the stub that refuses to start (its --help has no --config)."""
-    if "--config" not in run([binary("tessera-gateway"), "--help"]).stdout:
-        pytest.skip("tessera-gateway is still the stub that refuses to start")
-
-
 class Serve:
     """`tessera serve` as a child process; threads collect its stdout and stderr lines."""
 
@@ -132,7 +125,7 @@ def stop_with_sigterm(serve):
     return text
 
 
-def test_serve_restarts_a_killed_worker_and_stops_cleanly_on_sigterm(binary, test_model, working_gateway):
+def test_serve_restarts_a_killed_worker_and_stops_cleanly_on_sigterm(binary, test_model):
     serve, url, model, port = start_serve(binary, test_model)
     try:
         for prefix in ("[router] tessera-router: ", "[worker/0] tessera-worker: ", "[gateway] tessera-gateway: "):
@@ -174,7 +167,7 @@ def test_serve_restarts_a_killed_worker_and_stops_cleanly_on_sigterm(binary, tes
 
 # A stream in flight at SIGTERM ends whole: the gateway drains it and writes its last
 # chunk out before it stops (it once stopped its server first, truncating most streams).
-def test_serve_drains_a_request_in_flight_before_stopping_the_router(binary, test_model, working_gateway):
+def test_serve_drains_a_request_in_flight_before_stopping_the_router(binary, test_model):
     serve, url, model, _ = start_serve(binary, test_model)
     try:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
@@ -207,7 +200,7 @@ def test_serve_drains_a_request_in_flight_before_stopping_the_router(binary, tes
         serve.stop()
 
 
-def test_serve_with_tp_2_fails_fast_naming_the_worker(binary, test_model, working_gateway):
+def test_serve_with_tp_2_fails_fast_naming_the_worker(binary, test_model):
     port, router_port, router_metrics, worker_metrics = free_ports(4)
     t0 = time.time()
     r = run([binary("tessera"), "serve", "--model", test_model, "--tp", "2", "--port", port,

@@ -2,19 +2,13 @@
 (503 until a router accepts it), keeps re-dialing an absent router, and stops cleanly on
 SIGTERM; a bad configuration is refused before anything starts."""
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
 from conftest import run
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from gateway_cluster import free_port
 
 
 def get(port, path):
