@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 
 import openai
-import pytest
 
 from conftest import run
 
