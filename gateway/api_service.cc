@@ -311,8 +311,8 @@ void ApiService::completions(const std::shared_ptr<http::Exchange>& ex) {
 std::variant<std::string, ApiError> ApiService::render_chat(const ChatRequest& r) const {
   if (!model_.chat_template) return bad_request("this model has no chat template; use /v1/completions", "messages");
   chat_template::ChatRenderRequest render;
-  for (const ChatMessage& m : r.messages) render.messages.push_back(nlohmann::ordered_json::parse(m.raw.dump()));
-  if (r.tools) render.tools = nlohmann::ordered_json::parse(r.tools->dump());
+  for (const ChatMessage& m : r.messages) render.messages.push_back(nlohmann::ordered_json(m.raw));
+  if (r.tools) render.tools = nlohmann::ordered_json(*r.tools);
   render.add_generation_prompt = r.add_generation_prompt;
   auto rendered = model_.chat_template->render(render);
   if (!rendered) return bad_request("the chat template failed on these messages: " + rendered.status().message(), "messages");
@@ -380,7 +380,7 @@ void ApiService::tokenize(const std::shared_ptr<http::Exchange>& ex) {
     // Chat messages: rendered through the chat template, as /v1/chat/completions would.
     json body = j;
     body["model"] = options_.served_name;
-    auto chat = parse_chat_request(body.dump());
+    auto chat = parse_chat_request_json(body);
     if (auto* e = std::get_if<ApiError>(&chat)) return answer(ex, endpoint, error_response(*e));
     auto rendered = render_chat(std::get<ChatRequest>(chat));
     if (auto* e = std::get_if<ApiError>(&rendered)) return answer(ex, endpoint, error_response(*e));

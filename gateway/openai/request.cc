@@ -197,16 +197,28 @@ GenerationOptions common_options(const Body& b, bool chat) {
   return o;
 }
 
+// Runs a parser over a body object, turning what it throws into the ApiError result.
 template <typename T, typename F>
-Parsed<T> guarded(std::string_view body, F parse) {
+Parsed<T> guarded_object(const json& j, F parse) {
   try {
-    json j = parse_object(body);
+    if (!j.is_object()) fail("", "the request body must be a JSON object");
     return parse(j);
   } catch (const Invalid& e) {
     return e.error;
   } catch (const json::exception& e) {
     return ApiError{400, "invalid_request_error", std::string("malformed request: ") + e.what(), "", ""};
   }
+}
+
+template <typename T, typename F>
+Parsed<T> guarded(std::string_view body, F parse) {
+  json j;
+  try {
+    j = parse_object(body);
+  } catch (const Invalid& e) {
+    return e.error;
+  }
+  return guarded_object<T>(j, parse);
 }
 
 }  // namespace
@@ -259,7 +271,11 @@ Parsed<CompletionRequest> parse_completion_request(std::string_view body) {
 }
 
 Parsed<ChatRequest> parse_chat_request(std::string_view body) {
-  return guarded<ChatRequest>(body, [](const json& j) -> Parsed<ChatRequest> {
+  return guarded<ChatRequest>(body, [](const json& j) { return parse_chat_request_json(j); });
+}
+
+Parsed<ChatRequest> parse_chat_request_json(const nlohmann::json& body) {
+  return guarded_object<ChatRequest>(body, [](const json& j) -> Parsed<ChatRequest> {
     const Body b(j);
     ChatRequest r;
     r.options = common_options(b, /*chat=*/true);

@@ -84,6 +84,8 @@ using Parsed = std::variant<T, ApiError>;
 
 Parsed<CompletionRequest> parse_completion_request(std::string_view body);
 Parsed<ChatRequest> parse_chat_request(std::string_view body);
+// The same, for a body already parsed (e.g. /v1/tokenize with messages).
+Parsed<ChatRequest> parse_chat_request_json(const nlohmann::json& body);
 Parsed<GenerateApiRequest> parse_generate_request(std::string_view body);
 
 }  // namespace tessera::gateway
