@@ -7,13 +7,23 @@
 set -eu
 [ "$#" -gt 0 ] || { echo "usage: runtime-packages.sh BINARY..." >&2; exit 2; }
 libs=$(for bin in "$@"; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u)
+# With merged /usr, ldd may name /lib/... where dpkg recorded /usr/lib/... (or the reverse),
+# and a library may be a symlink to the file the package holds: ask about every spelling at
+# once (one dpkg-query is much faster than one per path).
+candidates=""
+for lib in $libs; do
+  real=$(readlink -f "$lib")
+  candidates="$candidates $lib $real /usr$lib /usr$real ${lib#/usr} ${real#/usr}"
+done
+# shellcheck disable=SC2086  # one path per word
+owners=$(dpkg-query -S $candidates 2>/dev/null || true)
 packages=""
 for lib in $libs; do
   real=$(readlink -f "$lib")
   found=""
-  # With merged /usr, ldd may name /lib/... while dpkg recorded /usr/lib/... (or the reverse).
   for path in "$lib" "$real" "/usr$lib" "/usr$real" "${lib#/usr}" "${real#/usr}"; do
-    found=$(dpkg-query -S "$path" 2>/dev/null | head -n 1 | cut -d: -f1) || true
+    # Lines read "package[:arch]: path".
+    found=$(printf '%s\n' "$owners" | awk -v p="$path" '{ f = $NF } f == p { sub(/:.*/, "", $1); print $1; exit }')
     [ -n "$found" ] && break
   done
   if [ -z "$found" ]; then
