@@ -32,4 +32,5 @@ for lib in $libs; do
   fi
   packages="$packages $found"
 done
+# shellcheck disable=SC2086  # one package per word
 printf '%s\n' $packages | sort -u

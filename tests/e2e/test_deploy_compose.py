@@ -125,6 +125,14 @@ def test_dockerfiles_pass_hadolint(repo_root, tmp_path):
     assert r.returncode != 0 and "DL3006" in r.stdout, r.stdout
 
 
+def test_image_build_scripts_pass_shellcheck(repo_root):
+    shellcheck = need_program("shellcheck")
+    scripts = sorted((repo_root / DOCKER).glob("*.sh"))
+    assert len(scripts) == 3
+    r = subprocess.run([shellcheck, "--shell=sh", *map(str, scripts)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_build_context_admits_what_the_dockerfiles_copy(repo_root):
     """.dockerignore is an allow list: each file or folder a Dockerfile copies from the context
     exists and is named by a `!` line."""
