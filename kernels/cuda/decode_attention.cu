@@ -31,8 +31,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   const int kv = blockIdx.x;
   const int64_t s = blockIdx.y;
   const int64_t len = p.seq_lens[s];
-  const int64_t split = p.split_tokens > 0 ? p.split_tokens : len;
-  const int64_t begin = static_cast<int64_t>(blockIdx.z) * split;
+  const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
+  const int64_t split = p.split_tokens > 0 ? p.split_tokens : len - lo;
+  const int64_t begin = lo + static_cast<int64_t>(blockIdx.z) * split;
   if (begin >= len) return;
   const int64_t end = len < begin + split ? len : begin + split;
   const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
@@ -48,7 +49,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   __shared__ int64_t slot_s[kChunk];
   for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
     const int h = i / kHeadDim;
-    const Bf16 bits = p.q[(s * p.num_q_heads + kv * group + h) * kHeadDim + i % kHeadDim];
+    const int64_t q_stride = p.q_stride > 0 ? p.q_stride : p.num_q_heads * kHeadDim;
+    const Bf16 bits = p.q[s * q_stride + (kv * group + h) * kHeadDim + i % kHeadDim];
     const int d = i % kHeadDim;
     q_s[h][d + (d / 32) * 4] = __bfloat162float(__ushort_as_bfloat16(bits)) * p.scale;
   }
@@ -201,7 +203,8 @@ template <int kHeadDim>
 __global__ void __launch_bounds__(kHeadDim) merge_pieces_kernel(DecodeAttentionParams p) {
   const int64_t qh = static_cast<int64_t>(blockIdx.y) * p.num_q_heads + blockIdx.x;
   const int64_t len = p.seq_lens[blockIdx.y];
-  const int64_t num_pieces = (len + p.split_tokens - 1) / p.split_tokens;
+  const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
+  const int64_t num_pieces = (len - lo + p.split_tokens - 1) / p.split_tokens;
   const float* pieces = p.workspace + qh * p.max_splits * (kHeadDim + 2);
   float big = -FLT_MAX;
   for (int64_t k = 0; k < num_pieces; ++k) big = fmaxf(big, pieces[k * (kHeadDim + 2) + kHeadDim]);

@@ -25,6 +25,9 @@ struct DecodeAttentionParams {
   // until the flash-attention prefill kernel lands.
   const int32_t* table_rows = nullptr;
   Bf16* out = nullptr;                    // [num_seqs, num_q_heads, head_dim]
+  int64_t q_stride = 0;  // elements between query rows; 0: num_q_heads * head_dim
+  // > 0: a row attends to its last sliding_window tokens only (itself included).
+  int64_t sliding_window = 0;
   int64_t num_seqs = 0;
   int64_t num_q_heads = 0;
   int64_t num_kv_heads = 0;

@@ -38,11 +38,11 @@ struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> plans;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> plans;
 
   // Index of the candidate that ran fastest (5 runs each).
-  Result<int> fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, int64_t m, int64_t n,
-                      const void* a, const void* w, Stream stream);
+  Result<int> fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, int64_t m,
+                      int64_t ldc, const void* a, const void* w, Stream stream);
 
   ~Impl() {
     plans.clear();
@@ -53,8 +53,8 @@ struct Gemm::Impl {
   // The plan of a shape; the first call for a skinny shape (m <= kTunedRows) times the
   // heuristic's candidates on `stream` (reading the caller's A and W, writing a scratch C)
   // and keeps the fastest, which synchronizes that stream once.
-  Result<Plan*> plan(int64_t m, int64_t n, int64_t k, const void* a, const void* w, Stream stream) {
-    auto key = std::make_tuple(m, n, k);
+  Result<Plan*> plan(int64_t m, int64_t n, int64_t k, int64_t ldc, const void* a, const void* w, Stream stream) {
+    auto key = std::make_tuple(m, n, k, ldc);
     if (auto it = plans.find(key); it != plans.end()) return it->second.get();
     auto p = std::make_unique<Plan>();
     cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
@@ -64,7 +64,7 @@ struct Gemm::Impl {
     cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof keep);
     if ((s = cublasLtMatrixLayoutCreate(&p->w_layout, CUDA_R_16BF, k, n, k)) != CUBLAS_STATUS_SUCCESS ||
         (s = cublasLtMatrixLayoutCreate(&p->a_layout, CUDA_R_16BF, k, m, k)) != CUBLAS_STATUS_SUCCESS ||
-        (s = cublasLtMatrixLayoutCreate(&p->c_layout, CUDA_R_16BF, n, m, n)) != CUBLAS_STATUS_SUCCESS) {
+        (s = cublasLtMatrixLayoutCreate(&p->c_layout, CUDA_R_16BF, n, m, ldc)) != CUBLAS_STATUS_SUCCESS) {
       return cublas_error("matrix layout", s);
     }
     cublasLtMatmulPreference_t pref = nullptr;
@@ -83,7 +83,7 @@ struct Gemm::Impl {
     }
     p->algo = results[0].algo;
     if (found > 1) {
-      auto best = fastest(*p, results, found, m, n, a, w, stream);
+      auto best = fastest(*p, results, found, m, ldc, a, w, stream);
       if (!best) return best.status();
       p->algo = results[*best].algo;
     }
@@ -94,9 +94,9 @@ struct Gemm::Impl {
 };
 
 Result<int> Gemm::Impl::fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, int64_t m,
-                                int64_t n, const void* a, const void* w, Stream stream) {
+                                int64_t ldc, const void* a, const void* w, Stream stream) {
   void* scratch = nullptr;
-  if (cudaMalloc(&scratch, static_cast<size_t>(m * n) * 2) != cudaSuccess) {
+  if (cudaMalloc(&scratch, static_cast<size_t>(m * ldc) * 2) != cudaSuccess) {
     cudaGetLastError();  // no room to tune: keep the heuristic's first, and leave no error behind
     return 0;
   }
@@ -146,7 +146,8 @@ Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes) {
 }
 
 Status Gemm::run(const GemmParams& p, Stream stream) {
-  if (p.m < 0 || p.n <= 0 || p.k <= 0) return invalid_argument("cuda gemm: bad shape");
+  if (p.m < 0 || p.n <= 0 || p.k <= 0 || (p.ldc != 0 && p.ldc < p.n)) return invalid_argument("cuda gemm: bad shape");
+  const int64_t ldc = p.ldc > 0 ? p.ldc : p.n;
   if (p.m == 0) return Status::ok();
   if (!p.a || !p.w || !p.c) return invalid_argument("cuda gemm: null buffer");
   if (p.m <= launch::kGemvMaxRows && p.k % 8 == 0 &&
@@ -154,7 +155,7 @@ Status Gemm::run(const GemmParams& p, Stream stream) {
     if (const char* e = launch::gemv(p, stream)) return internal_error(std::string("cuda gemv: ") + e);
     return Status::ok();
   }
-  auto plan = impl_->plan(p.m, p.n, p.k, p.a, p.w, stream);
+  auto plan = impl_->plan(p.m, p.n, p.k, ldc, p.a, p.w, stream);
   if (!plan) return plan.status();
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   const cublasStatus_t s =

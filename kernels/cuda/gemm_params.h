@@ -16,6 +16,7 @@ struct GemmParams {
   int64_t n = 0;
   int64_t k = 0;
   bool accumulate = false;  // C += A·Wᵀ (a residual add folded into the projection)
+  int64_t ldc = 0;          // elements between rows of C; 0: n (C may be a column slice)
 };
 
 namespace launch {

@@ -53,4 +53,25 @@ Status rope_and_cache_kv(const RopeKvParams& p, Stream stream) {
   return result("cuda rope_and_cache_kv", launch::rope_and_cache_kv(p, stream));
 }
 
+Status add(const AddParams& p, Stream stream) {
+  if (p.count < 0) return invalid_argument("cuda add: bad size");
+  if (p.count == 0) return Status::ok();
+  if (!p.x || !p.y) return invalid_argument("cuda add: null buffer");
+  return result("cuda add", launch::add(p, stream));
+}
+
+Status gather_rows(const GatherRowsParams& p, Stream stream) {
+  if (p.num_rows < 0 || p.width <= 0) return invalid_argument("cuda gather_rows: bad shape");
+  if (p.num_rows == 0) return Status::ok();
+  if (!p.src || !p.rows || !p.dst) return invalid_argument("cuda gather_rows: null buffer");
+  return result("cuda gather_rows", launch::gather_rows(p, stream));
+}
+
+Status add_bias(const AddBiasParams& p, Stream stream) {
+  if (p.rows < 0 || p.n <= 0 || p.y_stride < p.n) return invalid_argument("cuda add_bias: bad shape");
+  if (p.rows == 0) return Status::ok();
+  if (!p.y || !p.bias) return invalid_argument("cuda add_bias: null buffer");
+  return result("cuda add_bias", launch::add_bias(p, stream));
+}
+
 }  // namespace tessera::kernels::cuda

@@ -197,6 +197,34 @@ __global__ void rope_kv_kernel(RopeKvParams p) {
   for (int64_t i = threadIdx.x; i < p.num_kv_heads * p.head_dim; i += blockDim.x) vc[i] = v[i];
 }
 
+__global__ void add_kernel(Bf16* x, const Bf16* y, int64_t count, float scale) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] = to_bf16(to_float(x[i]) + scale * to_float(y[i]));
+  }
+}
+
+// One block per gathered row.
+__global__ void gather_rows_kernel(const Bf16* __restrict__ src, const int32_t* __restrict__ rows,
+                                   Bf16* __restrict__ dst, int64_t width) {
+  const Bf16* from = src + static_cast<int64_t>(rows[blockIdx.x]) * width;
+  Bf16* to = dst + static_cast<int64_t>(blockIdx.x) * width;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
+}
+
+__global__ void add_bias_kernel(AddBiasParams p) {
+  const int64_t total = p.rows * p.n;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / p.n;
+    const int64_t j = i - r * p.n;
+    Bf16& y = p.y[r * p.y_stride + j];
+    y = to_bf16(to_float(y) + to_float(p.bias[j]));
+  }
+}
+
+unsigned grid_for(int64_t n) { return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 132 * 16))); }
+
 const char* launched() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
@@ -247,6 +275,22 @@ const char* silu_mul(const SiluMulParams& p, Stream stream) {
 
 const char* rope_and_cache_kv(const RopeKvParams& p, Stream stream) {
   rope_kv_kernel<<<static_cast<unsigned>(p.num_tokens), 128, 0, stream>>>(p);
+  return launched();
+}
+
+const char* add(const AddParams& p, Stream stream) {
+  add_kernel<<<grid_for(p.count), 256, 0, stream>>>(p.x, p.y, p.count, p.scale);
+  return launched();
+}
+
+const char* gather_rows(const GatherRowsParams& p, Stream stream) {
+  gather_rows_kernel<<<static_cast<unsigned>(p.num_rows), row_threads(p.width), 0, stream>>>(p.src, p.rows, p.dst,
+                                                                                            p.width);
+  return launched();
+}
+
+const char* add_bias(const AddBiasParams& p, Stream stream) {
+  add_bias_kernel<<<grid_for(p.rows * p.n), 256, 0, stream>>>(p);
   return launched();
 }
 

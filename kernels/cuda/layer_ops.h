@@ -19,5 +19,8 @@ namespace tessera::kernels::cuda {
 [[nodiscard]] Status rms_norm(const RmsNormParams& p, Stream stream);
 [[nodiscard]] Status silu_mul(const SiluMulParams& p, Stream stream);
 [[nodiscard]] Status rope_and_cache_kv(const RopeKvParams& p, Stream stream);
+[[nodiscard]] Status add(const AddParams& p, Stream stream);
+[[nodiscard]] Status gather_rows(const GatherRowsParams& p, Stream stream);
+[[nodiscard]] Status add_bias(const AddBiasParams& p, Stream stream);
 
 }  // namespace tessera::kernels::cuda

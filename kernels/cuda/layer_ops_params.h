@@ -73,6 +73,32 @@ struct RopeKvParams {
   RopeStyle style = RopeStyle::kHalf;
 };
 
+// x += scale * y over count elements, rounded to bf16 (a scaled residual add).
+struct AddParams {
+  Bf16* x = nullptr;
+  const Bf16* y = nullptr;  // may be x
+  int64_t count = 0;
+  float scale = 1.0f;
+};
+
+// dst[i] = src[rows[i]]: the rows of a step that sample, gathered before the last norm.
+struct GatherRowsParams {
+  const Bf16* src = nullptr;       // [*, width]
+  const int32_t* rows = nullptr;   // [num_rows], device memory
+  Bf16* dst = nullptr;             // [num_rows, width]
+  int64_t num_rows = 0;
+  int64_t width = 0;
+};
+
+// y[r, j] += bias[j] for j < n: a projection's bias, where y rows have stride y_stride.
+struct AddBiasParams {
+  Bf16* y = nullptr;
+  int64_t y_stride = 0;
+  const Bf16* bias = nullptr;  // [n]
+  int64_t rows = 0;
+  int64_t n = 0;
+};
+
 // Launchers (layer_ops.cu): enqueue on `stream`, return nullptr or the CUDA error's text.
 // Parameters are checked by the Status-returning functions of layer_ops.h first.
 namespace launch {
@@ -80,6 +106,9 @@ const char* embedding(const EmbeddingParams& p, Stream stream);
 const char* rms_norm(const RmsNormParams& p, Stream stream);
 const char* silu_mul(const SiluMulParams& p, Stream stream);
 const char* rope_and_cache_kv(const RopeKvParams& p, Stream stream);
+const char* add(const AddParams& p, Stream stream);
+const char* gather_rows(const GatherRowsParams& p, Stream stream);
+const char* add_bias(const AddBiasParams& p, Stream stream);
 }  // namespace launch
 
 }  // namespace tessera::kernels::cuda

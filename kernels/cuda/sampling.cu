@@ -1,3 +1,4 @@
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/sampling_params.h"
@@ -19,11 +20,15 @@ __device__ __forceinline__ bool better(const Best& a, const Best& b) {
   return a.value > b.value || (a.value == b.value && a.index < b.index);
 }
 
+__device__ __forceinline__ float load_logit(const float* row, int64_t i) { return row[i]; }
+__device__ __forceinline__ float load_logit(const __nv_bfloat16* row, int64_t i) { return __bfloat162float(row[i]); }
+
+template <class T>
 __global__ void __launch_bounds__(kThreads) argmax_kernel(ArgmaxParams p) {
-  const float* row = p.logits + blockIdx.x * p.stride;
+  const T* row = static_cast<const T*>(p.logits) + blockIdx.x * p.stride;
   Best best{__int_as_float(0x7fc00000), -1};
   for (int64_t i = threadIdx.x; i < p.vocab; i += kThreads) {
-    const Best c{row[i], static_cast<int32_t>(i)};
+    const Best c{load_logit(row, i), static_cast<int32_t>(i)};
     if (best.index < 0 || better(c, best)) best = c;
   }
   for (int o = 16; o > 0; o >>= 1) {
@@ -38,7 +43,8 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(ArgmaxParams p) {
     for (int w = 1; w < kThreads / 32; ++w) {
       if (warps[w].index >= 0 && (b.index < 0 || better(warps[w], b))) b = warps[w];
     }
-    p.out[blockIdx.x] = b.index < 0 ? 0 : b.index;
+    const bool usable = b.index >= 0 && b.value == b.value && b.value != -__int_as_float(0x7f800000);
+    p.out[blockIdx.x] = usable ? b.index : -1;
   }
 }
 
@@ -47,7 +53,11 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(ArgmaxParams p) {
 namespace launch {
 
 const char* argmax(const ArgmaxParams& p, Stream stream) {
-  argmax_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  if (p.bf16) {
+    argmax_kernel<__nv_bfloat16><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  } else {
+    argmax_kernel<float><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  }
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
