@@ -37,22 +37,23 @@ Result<WeightTensor> CpuBackend::upload_weight(GgmlType type, std::span<const st
   return WeightTensor{type, host.data(), n, k, static_cast<int64_t>(host.size())};
 }
 
-Result<float*> CpuBackend::allocate_floats(int64_t count, std::string_view what) {
+Result<Act> CpuBackend::allocate_activations(int64_t count, std::string_view what) {
   if (count < 0) return invalid_argument("allocate " + std::string(what) + ": negative size");
   auto buffer = std::unique_ptr<float[]>(new (std::nothrow) float[static_cast<size_t>(std::max<int64_t>(count, 1))]());
   if (!buffer) {
     return resource_exhausted("allocating " + std::to_string(count * 4) + " bytes for " + std::string(what));
   }
   buffers_.push_back(std::move(buffer));
-  return buffers_.back().get();
+  return Act(buffers_.back().get(), ActType::kF32);
 }
 
-Status CpuBackend::upload_floats(std::span<const float> host, float* dst) {
-  std::copy(host.begin(), host.end(), dst);
+Status CpuBackend::upload_floats(std::span<const float> host, Act dst) {
+  std::copy(host.begin(), host.end(), dst.as<float>());
   return Status::ok();
 }
 
 Status CpuBackend::allocate_kv(const KvShape& shape) {
+  if (shape.dtype == KvDtype::kBF16) return invalid_argument("the CPU backend keeps its KV cache in f16 or f32, not bf16");
   kv_shape_ = shape;
   layer_bytes_ = shape.num_pages * shape.page_size * shape.num_kv_heads * shape.head_dim * shape.element_bytes();
   try {
@@ -93,78 +94,81 @@ Status CpuBackend::begin_step(const StepLayout& layout) {
   return Status::ok();
 }
 
-Status CpuBackend::embed(const WeightTensor& table, float scale, float* out) {
+Status CpuBackend::embed(const WeightTensor& table, float scale, Act out) {
   return kc::embedding_lookup({table.type, {table.data, static_cast<size_t>(table.bytes)}, table.n, table.k,
-                               layout_.token_ids, out, scale});
+                               layout_.token_ids, out.as<float>(), scale});
 }
 
-Status CpuBackend::rms_norm(const float* x, const float* weight, float eps, float* out, int64_t rows, int64_t width) {
-  kc::rms_norm({x, width, weight, out, width, rows, width, eps});
+Status CpuBackend::rms_norm(Act x, Act weight, float eps, Act out, int64_t rows, int64_t width) {
+  kc::rms_norm({x.as<float>(), width, weight.as<float>(), out.as<float>(), width, rows, width, eps});
   return Status::ok();
 }
 
-Status CpuBackend::matmul(const float* x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) {
+Status CpuBackend::add_rms_norm(Act residual, Act y, float y_scale, Act weight, float eps, Act out, int64_t rows,
+                                int64_t width) {
+  kc::add_scaled(residual.as<float>(), y.as<float>(), rows * width, y_scale);
+  return rms_norm(residual, weight, eps, out, rows, width);
+}
+
+Status CpuBackend::matmul(Act x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) {
   kc::MatmulOutput outputs[8];
   if (targets.size() > std::size(outputs)) return invalid_argument("matmul: at most 8 outputs per call");
   for (size_t i = 0; i < targets.size(); ++i) {
     const WeightTensor& w = *targets[i].weight;
     outputs[i] = {{w.type, {w.data, static_cast<size_t>(w.bytes)}, w.n, w.k},
-                  targets[i].y,
+                  targets[i].y.as<float>(),
                   targets[i].y_stride,
-                  targets[i].bias};
+                  targets[i].bias.as<const float>()};
   }
-  return kc::matmul({x, m, k, 0, {outputs, targets.size()}, options_.matmul_path}, matmul_workspace_);
-}
-
-Status CpuBackend::rope(float* q, int64_t num_heads, float* k, int64_t num_kv_heads, int64_t head_dim,
-                        std::span<const float> inv_freq, RopeStyle style) {
-  const int64_t n = layout_.num_tokens();
-  // Every layer rotates the same positions: compute cos/sin once per step.
-  if (rope_table_key_ != inv_freq.data()) {
-    rope_cos_.resize(static_cast<size_t>(n) * inv_freq.size());
-    rope_sin_.resize(rope_cos_.size());
-    kc::rope_tables(layout_.positions, inv_freq, rope_cos_.data(), rope_sin_.data());
-    rope_table_key_ = inv_freq.data();
-  }
-  kc::apply_rope({q, 0, n, num_heads, head_dim, rope_cos_.data(), rope_sin_.data(), style});
-  kc::apply_rope({k, 0, n, num_kv_heads, head_dim, rope_cos_.data(), rope_sin_.data(), style});
-  return Status::ok();
+  return kc::matmul({x.as<const float>(), m, k, 0, {outputs, targets.size()}, options_.matmul_path}, matmul_workspace_);
 }
 
 kc::KvCacheShape CpuBackend::kernel_kv_shape() const {
-  return {kv_shape_.dtype, kv_shape_.num_pages, kv_shape_.page_size, kv_shape_.num_kv_heads, kv_shape_.head_dim};
+  const auto dtype = kv_shape_.dtype == KvDtype::kF32 ? kc::KvDtype::kF32 : kc::KvDtype::kF16;
+  return {dtype, kv_shape_.num_pages, kv_shape_.page_size, kv_shape_.num_kv_heads, kv_shape_.head_dim};
 }
 
-Status CpuBackend::attention(int64_t layer, const float* q, const float* k, const float* v, int64_t num_heads,
-                             float scale, int64_t sliding_window, float* out) {
+Status CpuBackend::attention(const AttentionOp& op) {
+  const int64_t n = layout_.num_tokens();
+  // Every layer rotates the same positions: compute cos/sin once per step.
+  if (rope_table_key_ != op.inv_freq.data()) {
+    rope_cos_.resize(static_cast<size_t>(n) * op.inv_freq.size());
+    rope_sin_.resize(rope_cos_.size());
+    kc::rope_tables(layout_.positions, op.inv_freq, rope_cos_.data(), rope_sin_.data());
+    rope_table_key_ = op.inv_freq.data();
+  }
+  float* q = op.q.as<float>();
+  float* k = op.k.as<float>();
+  kc::apply_rope({q, op.row_stride, n, op.num_heads, op.head_dim, rope_cos_.data(), rope_sin_.data(), op.rope_style});
+  kc::apply_rope({k, op.row_stride, n, op.num_kv_heads, op.head_dim, rope_cos_.data(), rope_sin_.data(), op.rope_style});
   const kc::KvCacheShape shape = kernel_kv_shape();
-  kc::store_kv({shape, layer_k(layer), layer_v(layer), k, v, 0, layout_.kv_slots});
-  return kc::paged_attention({shape, layer_k(layer), layer_v(layer), q, 0, out, 0, num_heads, scale, sliding_window,
-                              attention_sequences_});
+  const int64_t layer = op.layer;
+  kc::store_kv({shape, layer_k(layer), layer_v(layer), k, op.v.as<const float>(), op.row_stride, layout_.kv_slots});
+  return kc::paged_attention({shape, layer_k(layer), layer_v(layer), q, op.row_stride, op.out.as<float>(), 0,
+                              op.num_heads, op.scale, op.sliding_window, attention_sequences_});
 }
 
-Status CpuBackend::silu_mul(const float* gate, const float* up, int64_t in_stride, float* out, int64_t rows,
-                            int64_t width) {
-  kc::silu_mul(gate, up, in_stride, out, rows, width);
+Status CpuBackend::silu_mul(Act gate_up, Act out, int64_t rows, int64_t width) {
+  kc::silu_mul(gate_up.as<const float>(), gate_up.as<const float>() + width, 2 * width, out.as<float>(), rows, width);
   return Status::ok();
 }
 
-Status CpuBackend::add(float* x, const float* y, int64_t count, float scale) {
-  kc::add_scaled(x, y, count, scale);
+Status CpuBackend::add(Act x, Act y, int64_t count, float scale) {
+  kc::add_scaled(x.as<float>(), y.as<const float>(), count, scale);
   return Status::ok();
 }
 
-Status CpuBackend::gather_rows(const float* src, std::span<const int32_t> rows, int64_t width, float* dst) {
+Status CpuBackend::gather_rows(Act src, std::span<const int32_t> rows, int64_t width, Act dst) {
   for (size_t i = 0; i < rows.size(); ++i) {
-    std::memcpy(dst + static_cast<int64_t>(i) * width, src + static_cast<int64_t>(rows[i]) * width,
+    std::memcpy(dst.as<float>() + static_cast<int64_t>(i) * width, src.as<const float>() + static_cast<int64_t>(rows[i]) * width,
                 static_cast<size_t>(width) * 4);
   }
   return Status::ok();
 }
 
-Status CpuBackend::download(const float* src, int64_t count, std::span<float> dst) {
+Status CpuBackend::download(Act src, int64_t count, std::span<float> dst) {
   if (static_cast<int64_t>(dst.size()) < count) return invalid_argument("download: destination too small");
-  std::memcpy(dst.data(), src, static_cast<size_t>(count) * 4);
+  std::memcpy(dst.data(), src.as<const float>(), static_cast<size_t>(count) * 4);
   return Status::ok();
 }
 

@@ -21,25 +21,25 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(CpuBackendOptions options);
   std::string name() const override;
 
+  ActType activation_type() const override { return ActType::kF32; }
+
   Result<WeightTensor> upload_weight(GgmlType type, std::span<const std::byte> host, int64_t n, int64_t k) override;
-  Result<float*> allocate_floats(int64_t count, std::string_view what) override;
-  Status upload_floats(std::span<const float> host, float* dst) override;
+  Result<Act> allocate_activations(int64_t count, std::string_view what) override;
+  Status upload_floats(std::span<const float> host, Act dst) override;
   Status allocate_kv(const KvShape& shape) override;
   Status copy_kv_pages(std::span<const std::pair<int32_t, int32_t>> src_dst) override;
 
   Status begin_step(const StepLayout& layout) override;
-  Status embed(const WeightTensor& table, float scale, float* out) override;
-  Status rms_norm(const float* x, const float* weight, float eps, float* out, int64_t rows, int64_t width) override;
-  Status matmul(const float* x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) override;
-  Status rope(float* q, int64_t num_heads, float* k, int64_t num_kv_heads, int64_t head_dim,
-              std::span<const float> inv_freq, RopeStyle style) override;
-  Status attention(int64_t layer, const float* q, const float* k, const float* v, int64_t num_heads, float scale,
-                   int64_t sliding_window, float* out) override;
-  Status silu_mul(const float* gate, const float* up, int64_t in_stride, float* out, int64_t rows,
-                  int64_t width) override;
-  Status add(float* x, const float* y, int64_t count, float scale) override;
-  Status gather_rows(const float* src, std::span<const int32_t> rows, int64_t width, float* dst) override;
-  Status download(const float* src, int64_t count, std::span<float> dst) override;
+  Status embed(const WeightTensor& table, float scale, Act out) override;
+  Status rms_norm(Act x, Act weight, float eps, Act out, int64_t rows, int64_t width) override;
+  Status add_rms_norm(Act residual, Act y, float y_scale, Act weight, float eps, Act out, int64_t rows,
+                      int64_t width) override;
+  Status matmul(Act x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) override;
+  Status attention(const AttentionOp& op) override;
+  Status silu_mul(Act gate_up, Act out, int64_t rows, int64_t width) override;
+  Status add(Act x, Act y, int64_t count, float scale) override;
+  Status gather_rows(Act src, std::span<const int32_t> rows, int64_t width, Act dst) override;
+  Status download(Act src, int64_t count, std::span<float> dst) override;
 
   int num_threads() const { return num_threads_; }
 

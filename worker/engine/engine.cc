@@ -7,6 +7,9 @@
 #include <unordered_set>
 
 #include "worker/engine/cpu_backend.h"
+#if TESSERA_WITH_CUDA
+#include "worker/engine/cuda_backend.h"
+#endif
 
 namespace tessera::engine {
 
@@ -19,6 +22,10 @@ Status EngineOptions::validate() const {
   if (max_sequences < 1 || max_sequences > max_batch_tokens) {
     return invalid_argument("max_sequences must be in [1, max_batch_tokens]");
   }
+  if (!(gpu_memory_utilization > 0 && gpu_memory_utilization <= 1)) {
+    return invalid_argument("gpu_memory_utilization must be in (0, 1]");
+  }
+  if (device_index < 0) return invalid_argument("device_index must be >= 0");
   return Status::ok();
 }
 
@@ -40,9 +47,27 @@ Result<std::unique_ptr<Engine>> Engine::load(const ModelSource& source, const En
   }
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
-  auto backend = std::make_unique<CpuBackend>(CpuBackendOptions{options.num_threads, options.matmul_path});
-  engine->num_threads_ = backend->num_threads();
-  engine->backend_ = std::move(backend);
+  if (options.device == EngineDevice::kCuda) {
+#if TESSERA_WITH_CUDA
+    CudaBackendOptions cuda;
+    cuda.device_index = options.device_index;
+    cuda.gpu_memory_utilization = options.gpu_memory_utilization;
+    cuda.max_batch_tokens = options.max_batch_tokens;
+    cuda.max_sequences = options.max_sequences;
+    cuda.cuda_graphs = options.cuda_graphs;
+    auto backend = CudaBackend::create(cuda);
+    if (!backend) return backend.status();
+    if (options.cuda_graphs) engine->cuda_ = backend->get();
+    engine->backend_ = std::move(*backend);
+    engine->options_.kv_dtype = KvDtype::kBF16;
+#else
+    return unimplemented("device cuda: this build has no CUDA backend (built with TESSERA_CUDA=OFF or without nvcc)");
+#endif
+  } else {
+    auto backend = std::make_unique<CpuBackend>(CpuBackendOptions{options.num_threads, options.matmul_path});
+    engine->num_threads_ = backend->num_threads();
+    engine->backend_ = std::move(backend);
+  }
   models::LlamaLoadOptions load;
   load.max_batch_tokens = options.max_batch_tokens;
   load.max_sample_rows = options.max_sequences;
@@ -68,17 +93,30 @@ Result<std::unique_ptr<Engine>> Engine::load(const ModelSource& source, const En
   if (!model) return model.status().with_context(source.path);
   engine->model_ = std::move(*model);
   const models::ModelConfig& c = engine->model_->config();
+  const KvDtype kv_dtype = engine->options_.kv_dtype;
+  const KvShape one_page{c.num_layers, 1, options.page_size, c.num_kv_heads, c.head_dim, kv_dtype};
   engine->num_pages_ = (options.kv_cache_tokens + options.page_size - 1) / options.page_size;
-  if (options.kv_cache_bytes > 0) {
-    const KvShape one_page{c.num_layers, 1, options.page_size, c.num_kv_heads, c.head_dim, options.kv_dtype};
-    engine->num_pages_ = options.kv_cache_bytes / one_page.bytes();
-    if (engine->num_pages_ < 1) {
-      return invalid_argument("kv_cache_bytes " + std::to_string(options.kv_cache_bytes) + " holds no page of " +
+  // A device backend sizes the pool from what is left of its memory budget.
+  const int64_t budget = options.kv_cache_bytes > 0 ? options.kv_cache_bytes : engine->backend_->kv_budget_bytes();
+  if (budget > 0) {
+    engine->num_pages_ = budget / one_page.bytes();
+    if (engine->num_pages_ < 1 && options.kv_cache_bytes > 0) {
+      return invalid_argument("kv_cache_bytes " + std::to_string(budget) + " holds no page of " +
                               std::to_string(one_page.bytes()) + " bytes");
     }
+    if (engine->num_pages_ < 1) {
+      return resource_exhausted("after the weights and activations, gpu_memory_utilization leaves " +
+                                std::to_string(budget) + " bytes for the KV cache: not enough for its pages of " +
+                                std::to_string(one_page.bytes()) + " bytes (raise it, or use a smaller model)");
+    }
   }
-  engine->kv_shape_ = {c.num_layers, engine->num_pages_, options.page_size, c.num_kv_heads, c.head_dim,
-                       options.kv_dtype};
+  engine->kv_shape_ = {c.num_layers, engine->num_pages_, options.page_size, c.num_kv_heads, c.head_dim, kv_dtype};
+  if (engine->cuda_) {
+    // Graph steps pad their batch; the padding rows write into one page nobody else gets.
+    if (budget > 0 && engine->num_pages_ > 1) --engine->num_pages_;
+    engine->scratch_page_ = static_cast<int32_t>(engine->num_pages_);
+    engine->kv_shape_.num_pages = engine->num_pages_ + 1;
+  }
   TESSERA_RETURN_IF_ERROR(engine->backend_->allocate_kv(engine->kv_shape_));
   return engine;
 }
@@ -228,21 +266,38 @@ Result<StepOutput> Engine::step(const StepInput& in) {
   }
   StepOutput out;
   if (token_ids_.empty()) return out;
-  const StepLayout layout{token_ids_, positions_, slots_, step_sequences_};
+  const StepLayout layout{token_ids_, positions_, slots_, step_sequences_, sample_rows_};
   TESSERA_RETURN_IF_ERROR(backend_->begin_step(layout));
-  TESSERA_RETURN_IF_ERROR(model_->forward(layout, sample_rows_));
+  TESSERA_RETURN_IF_ERROR(run_forward(layout));
   // The KV of every scheduled token is now cached, whatever happens to sampling.
   for (const ScheduledSlice& sl : in.scheduled) sequences_.at(sl.seq_id).num_computed += sl.num_tokens;
 
   const int64_t num_sampled = static_cast<int64_t>(sampled.size());
-  logits_.resize(static_cast<size_t>(num_sampled) * vocab);
-  TESSERA_RETURN_IF_ERROR(backend_->download(model_->logits(), num_sampled * vocab, logits_));
-  if (in.return_logits) out.logits = logits_;
   out.sampled.resize(sampled.size());
   size_t si = 0;
   for (const ScheduledSlice& sl : in.scheduled) {
     if (sl.sample) out.sampled[si++].seq_id = sl.seq_id;
   }
+  // Greedy fast path: when every row is plain argmax, a device backend picks the tokens
+  // where the logits are and only the ids travel.
+  const bool all_greedy =
+      backend_->device_argmax() && !in.return_logits &&
+      std::all_of(sampled.begin(), sampled.end(), [](const Sequence* s) { return s->sampler->plain_greedy(); });
+  if (all_greedy && num_sampled > 0) {
+    greedy_ids_.resize(static_cast<size_t>(num_sampled));
+    TESSERA_RETURN_IF_ERROR(backend_->argmax(model_->logits(), num_sampled, vocab, greedy_ids_));
+    for (int64_t i = 0; i < num_sampled; ++i) {
+      Sequence& seq = *sampled[static_cast<size_t>(i)];
+      const int32_t token = greedy_ids_[static_cast<size_t>(i)];
+      seq.sampler->accept(token);
+      seq.tokens.push_back(token);
+      out.sampled[static_cast<size_t>(i)].sample.token_id = token;
+    }
+    return out;
+  }
+  logits_.resize(static_cast<size_t>(num_sampled) * vocab);
+  TESSERA_RETURN_IF_ERROR(backend_->download(model_->logits(), num_sampled * vocab, logits_));
+  if (in.return_logits) out.logits = logits_;
   // Each sequence's sampler is its own; rows are independent.
 #pragma omp parallel for schedule(dynamic, 1) if (num_sampled > 1)
   for (int64_t i = 0; i < num_sampled; ++i) {
@@ -257,5 +312,76 @@ Result<StepOutput> Engine::step(const StepInput& in) {
   }
   return out;
 }
+
+Status Engine::run_forward(const StepLayout& layout) {
+  if (cuda_ && layout.decode_only() && layout.sample_rows.size() == layout.token_ids.size()) return run_graph(layout);
+  TESSERA_RETURN_IF_ERROR(backend_->begin_step(layout));
+  return model_->forward(layout);
+}
+
+#if TESSERA_WITH_CUDA
+namespace {
+
+// Batch sizes graphs are captured for: a step runs in the smallest that holds it.
+int64_t graph_batch(int64_t n) {
+  for (int64_t b : {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512}) {
+    if (n <= b) return b;
+  }
+  return 0;  // larger batches run eagerly
+}
+
+}  // namespace
+
+Status Engine::run_graph(const StepLayout& layout) {
+  const int64_t n = layout.num_tokens();
+  const int64_t batch = std::min<int64_t>(graph_batch(n), options_.max_sequences);
+  int64_t longest = 1;
+  for (const StepSequence& s : layout.sequences) longest = std::max(longest, s.start_position + 1);
+  // Contexts in powers of two from 256 (the decode split is planned for the bucket's top).
+  int64_t context = 256;
+  while (context < longest) context *= 2;
+  context = std::min<int64_t>(context, std::max<int64_t>(longest, config().max_position_embeddings));
+  if (batch < n) {
+    TESSERA_RETURN_IF_ERROR(backend_->begin_step(layout));
+    return model_->forward(layout);
+  }
+  const int64_t ps = options_.page_size;
+  const int64_t width = (context + ps - 1) / ps;
+  // The padded layout: real rows first, then rows that read and write the scratch page.
+  pad_ids_.assign(layout.token_ids.begin(), layout.token_ids.end());
+  pad_positions_.assign(layout.positions.begin(), layout.positions.end());
+  pad_slots_.assign(layout.kv_slots.begin(), layout.kv_slots.end());
+  pad_sequences_.assign(layout.sequences.begin(), layout.sequences.end());
+  scratch_table_.assign(1, scratch_page_);
+  pad_rows_.resize(static_cast<size_t>(batch));
+  for (int64_t r = 0; r < batch; ++r) pad_rows_[static_cast<size_t>(r)] = static_cast<int32_t>(r);
+  for (int64_t r = n; r < batch; ++r) {
+    pad_ids_.push_back(0);
+    pad_positions_.push_back(0);
+    pad_slots_.push_back(static_cast<int64_t>(scratch_page_) * ps);
+    pad_sequences_.push_back({r, 1, 0, scratch_table_});
+  }
+  const StepLayout padded{pad_ids_, pad_positions_, pad_slots_, pad_sequences_, pad_rows_};
+  const uint64_t key = static_cast<uint64_t>(batch) << 32 | static_cast<uint64_t>(context);
+  cuda_->set_graph_shape({width, context});
+  Status s = backend_->begin_step(padded);
+  if (s.is_ok() && !cuda_->has_graph(key)) {
+    // One eager run first: it picks the GEMM algorithms (timing them synchronizes, which a
+    // capture cannot), then the capture records the same operations.
+    s = model_->forward(padded);
+    if (s.is_ok()) s = cuda_->begin_capture();
+    if (s.is_ok()) {
+      const Status forward = model_->forward(padded);
+      const Status end = cuda_->end_capture(key, forward.is_ok());
+      s = forward.is_ok() ? end : forward;
+    }
+  }
+  if (s.is_ok()) s = cuda_->replay(key);
+  cuda_->set_graph_shape({});
+  return s;
+}
+#else
+Status Engine::run_graph(const StepLayout&) { return internal_error("CUDA graphs in a build without CUDA"); }
+#endif
 
 }  // namespace tessera::engine

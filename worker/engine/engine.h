@@ -24,12 +24,24 @@
 
 namespace tessera::engine {
 
+class CudaBackend;
+
+enum class EngineDevice { kCpu, kCuda };
+
 struct EngineOptions {
+  EngineDevice device = EngineDevice::kCpu;
+  int device_index = 0;                 // CUDA: which visible device
+  double gpu_memory_utilization = 0.9;  // CUDA: share of the device's memory this engine may use
+                                        // (weights, activations, then the KV pool gets the rest)
+  bool cuda_graphs = true;              // CUDA: replay decode-only steps as captured graphs
   int num_threads = 0;               // 0: every CPU in this process's affinity mask
   int64_t page_size = 16;            // tokens per KV page; 1 = token-level
-  int64_t kv_cache_tokens = 8192;    // KV capacity, rounded up to whole pages
-  int64_t kv_cache_bytes = 0;        // > 0: capacity in bytes instead (overrides kv_cache_tokens)
-  KvDtype kv_dtype = KvDtype::kF16;  // kF32 for the reference path
+  int64_t kv_cache_tokens = 8192;    // CPU: KV capacity, rounded up to whole pages
+  // > 0: KV capacity in bytes instead (overrides kv_cache_tokens, and CUDA's share of
+  // gpu_memory_utilization).
+  int64_t kv_cache_bytes = 0;
+  KvDtype kv_dtype = KvDtype::kF16;  // kF32 for the CPU reference path; CUDA keeps bf16
+                                     // whatever this says (its 16-bit type)
   int64_t max_batch_tokens = 512;    // tokens per step (prefill chunks + decodes)
   int64_t max_sequences = 64;        // sequences sampled per step
   models::WeightMode weight_mode = models::WeightMode::kNative;
@@ -129,6 +141,10 @@ class Engine {
 
   Engine() = default;
   [[nodiscard]] Status check_plan(const StepInput& input) const;
+  // Runs the model over layout: as a replayed CUDA graph when the step is decode-only
+  // and the backend captures graphs, eagerly otherwise.
+  [[nodiscard]] Status run_forward(const StepLayout& layout);
+  [[nodiscard]] Status run_graph(const StepLayout& layout);
 
   EngineOptions options_;
   // The open model files the weights are borrowed from (one of them, or neither for dummy).
@@ -137,7 +153,15 @@ class Engine {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<models::LlamaModel> model_;
   KvShape kv_shape_;
-  int64_t num_pages_ = 0;
+  int64_t num_pages_ = 0;  // pages the router may hand out
+  // CUDA graphs: the backend (when it is CudaBackend), and the page past num_pages_ that
+  // padded graph rows write their KV into.
+  CudaBackend* cuda_ = nullptr;
+  int32_t scratch_page_ = -1;
+  std::vector<int32_t> pad_ids_, pad_positions_, pad_rows_;
+  std::vector<int64_t> pad_slots_;
+  std::vector<StepSequence> pad_sequences_;
+  std::vector<int32_t> scratch_table_;
   int num_threads_ = 1;
   std::unordered_map<uint64_t, Sequence> sequences_;
   // Per-step buffers, reused.
@@ -145,6 +169,7 @@ class Engine {
   std::vector<int64_t> slots_;
   std::vector<StepSequence> step_sequences_;
   std::vector<float> logits_;
+  std::vector<int32_t> greedy_ids_;
 };
 
 }  // namespace tessera::engine

@@ -408,6 +408,11 @@ bool SequenceSampler::penalties_enabled() const {
   return options_.repetition_penalty != 1.0f || options_.presence_penalty != 0.0f || options_.frequency_penalty != 0.0f;
 }
 
+bool SequenceSampler::plain_greedy() const {
+  return options_.temperature < kMinTemperature && options_.logit_bias.empty() && !penalties_enabled() &&
+         !options_.logprobs && (num_output_tokens_ >= options_.min_tokens || options_.banned_before_min_tokens.empty());
+}
+
 void SequenceSampler::record_output(int32_t token_id) {
   ++num_output_tokens_;
   if (penalties_enabled() && token_id >= 0 && static_cast<uint32_t>(token_id) < vocab_size_) ++seen_[token_id].output_count;

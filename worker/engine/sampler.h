@@ -91,6 +91,13 @@ class SequenceSampler {
   // so the caller can fail the sequence.
   Result<SampleResult> sample(std::span<float> logits);
 
+  // Whether sample() would be a plain argmax of the row: greedy, no logit_bias, no
+  // penalties, no logprobs and no min_tokens ban left. A device backend may then pick the
+  // token itself and hand it to accept().
+  bool plain_greedy() const;
+  // Records a token chosen outside sample() (only valid when plain_greedy()).
+  void accept(int32_t token_id) { record_output(token_id); }
+
   uint32_t num_output_tokens() const { return num_output_tokens_; }
   const SamplingOptions& options() const { return options_; }
 

@@ -36,8 +36,11 @@ void fill(const WeightSpec& spec, uint64_t seed, uint64_t first, std::span<Out> 
   // A uniform on [-a, a) has standard deviation a / sqrt(3).
   const float amplitude = std::sqrt(3.0f) * (spec.is_norm ? init.norm_noise_stddev : init.weight_stddev);
   const float offset = spec.is_norm ? 1.0f : 0.0f;
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    out[i] = convert(offset + amplitude * unit_uniform(mix(stream + first + i)));
+  // Each element depends only on its index: the threads' split changes nothing.
+  const auto n = static_cast<int64_t>(out.size());
+#pragma omp parallel for schedule(static) if (n > (int64_t{1} << 20))
+  for (int64_t i = 0; i < n; ++i) {
+    out[static_cast<std::size_t>(i)] = convert(offset + amplitude * unit_uniform(mix(stream + first + static_cast<uint64_t>(i))));
   }
 }
 

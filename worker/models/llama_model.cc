@@ -196,16 +196,27 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const ModelConfig& config, 
   for (WeightSpec& spec : weight_specs(c)) specs.emplace(spec.gguf_name, std::move(spec));
   auto fetch = [&](const std::string& name) -> Result<HostTensor> { return source.get(specs.at(name)); };
 
-  auto load_vector = [&](const std::string& name) -> Result<const float*> {
+  {
+    // Matrices (and the embedding table) in upload order, so a device backend can place them in one arena.
+    int64_t elements = 0, tensors = 0;
+    for (const auto& [name, spec] : specs) {
+      if (spec.shape.size() != 2) continue;
+      elements += spec.shape[0] * spec.shape[1];
+      ++tensors;
+    }
+    backend.expect_weights(elements, tensors);
+  }
+  const int64_t act_bytes = engine::act_type_bytes(backend.activation_type());
+  auto load_vector = [&](const std::string& name) -> Result<engine::Act> {
     auto t = fetch(name);
     if (!t) return t.status();
     std::vector<float> host(static_cast<size_t>(t->num_elements));
     Status s = kc::dequantize({t->type, t->bytes, host});
     if (!s.is_ok()) return s.with_context("tensor " + name);
-    auto dst = backend.allocate_floats(t->num_elements, name);
+    auto dst = backend.allocate_activations(t->num_elements, name);
     if (!dst) return dst.status();
     TESSERA_RETURN_IF_ERROR(backend.upload_floats(host, *dst));
-    model->weight_bytes_ += t->num_elements * 4;
+    model->weight_bytes_ += t->num_elements * act_bytes;
     return *dst;
   };
   auto load_matrix = [&](const std::string& name) -> Result<WeightTensor> {
@@ -216,15 +227,18 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const ModelConfig& config, 
     const int64_t k = spec.shape[1];
     const bool native = options.weight_mode == WeightMode::kNative && kc::matmul_supported(t->type) &&
                         k % kc::matmul_k_multiple(t->type) == 0;
+    Result<WeightTensor> w = internal_error("unset");
     if (native) {
-      model->weight_bytes_ += static_cast<int64_t>(t->bytes.size());
-      return backend.upload_weight(t->type, t->bytes, n, k);
+      w = backend.upload_weight(t->type, t->bytes, n, k);
+    } else {
+      auto& owned = model->owned_weights_.emplace_back(static_cast<size_t>(t->num_elements));
+      Status s = kc::dequantize({t->type, t->bytes, owned});
+      if (!s.is_ok()) return s.with_context("tensor " + name);
+      w = backend.upload_weight(kc::GgmlType::kF32, std::as_bytes(std::span<const float>(owned)), n, k);
     }
-    auto& owned = model->owned_weights_.emplace_back(static_cast<size_t>(t->num_elements));
-    Status s = kc::dequantize({t->type, t->bytes, owned});
-    if (!s.is_ok()) return s.with_context("tensor " + name);
-    model->weight_bytes_ += t->num_elements * 4;
-    return backend.upload_weight(kc::GgmlType::kF32, std::as_bytes(std::span<const float>(owned)), n, k);
+    if (!w) return w.status().with_context("tensor " + name);
+    if (w->data != model->embedding_.data) model->weight_bytes_ += w->bytes;  // a tied lm_head is the table
+    return w;
   };
 #define TESSERA_ASSIGN(lhs, expr) \
   do {                            \
@@ -240,8 +254,10 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const ModelConfig& config, 
     if (!kc::ggml_type_traits(t->type) || !kc::ggml_type_traits(t->type)->can_dequantize) {
       return unimplemented("token_embd.weight: no kernel for type " + std::string(kc::ggml_type_name(t->type)));
     }
-    model->embedding_ = {t->type, t->bytes.data(), c.vocab_size, c.hidden_size, static_cast<int64_t>(t->bytes.size())};
-    if (!c.tie_word_embeddings) model->weight_bytes_ += static_cast<int64_t>(t->bytes.size());
+    auto table = backend.upload_weight(t->type, t->bytes, c.vocab_size, c.hidden_size);
+    if (!table) return table.status().with_context("tensor token_embd.weight");
+    model->embedding_ = *table;
+    model->weight_bytes_ += table->bytes;
   }
   TESSERA_ASSIGN(model->lm_head_, load_matrix(c.tie_word_embeddings ? "token_embd.weight" : "output.weight"));
   TESSERA_ASSIGN(model->final_norm_, load_vector("output_norm.weight"));
@@ -276,16 +292,14 @@ Status LlamaModel::allocate_activations() {
   const int64_t q_dim = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
   struct Want {
-    float** ptr;
+    engine::Act* ptr;
     int64_t count;
     const char* name;
   };
   const Want wants[] = {
       {&x_, t * c.hidden_size, "hidden states"},
       {&h_, t * c.hidden_size, "normed states"},
-      {&q_, t * q_dim, "q"},
-      {&k_, t * kv_dim, "k"},
-      {&v_, t * kv_dim, "v"},
+      {&qkv_, t * (q_dim + 2 * kv_dim), "q/k/v"},
       {&attn_, t * q_dim, "attention output"},
       {&gate_up_, t * 2 * static_cast<int64_t>(c.intermediate_size), "gate/up"},
       {&act_, t * c.intermediate_size, "mlp activation"},
@@ -293,14 +307,15 @@ Status LlamaModel::allocate_activations() {
       {&logits_, options_.max_sample_rows * c.vocab_size, "logits"},
   };
   for (const Want& w : wants) {
-    auto buffer = backend_.allocate_floats(w.count, w.name);
+    auto buffer = backend_.allocate_activations(w.count, w.name);
     if (!buffer) return buffer.status();
     *w.ptr = *buffer;
   }
   return Status::ok();
 }
 
-Status LlamaModel::forward(const engine::StepLayout& layout, std::span<const int32_t> sample_rows) {
+Status LlamaModel::forward(const engine::StepLayout& layout) {
+  const std::span<const int32_t> sample_rows = layout.sample_rows;
   const ModelConfig& c = config_;
   const int64_t n = layout.num_tokens();
   if (n < 1 || n > options_.max_batch_tokens) {
@@ -321,25 +336,49 @@ Status LlamaModel::forward(const engine::StepLayout& layout, std::span<const int
   const float residual_scale = static_cast<float>(c.residual_scale);
   engine::Backend& be = backend_;
 
+  const int64_t q_dim = nh * hd;
+  const int64_t kv_dim = nkv * hd;
+  const int64_t qkv_dim = q_dim + 2 * kv_dim;
+  const int64_t num_layers = static_cast<int64_t>(layers_.size());
+  // Each sub-layer's output lands in h_; its residual add is fused with the norm that
+  // follows it (the next sub-layer's, or, after the last layer, none).
   TESSERA_RETURN_IF_ERROR(be.embed(embedding_, static_cast<float>(c.embedding_scale), x_));
-  for (int64_t li = 0; li < static_cast<int64_t>(layers_.size()); ++li) {
+  TESSERA_RETURN_IF_ERROR(be.rms_norm(x_, layers_[0].attn_norm, eps, h_, n, hidden));
+  for (int64_t li = 0; li < num_layers; ++li) {
     const Layer& l = layers_[static_cast<size_t>(li)];
-    TESSERA_RETURN_IF_ERROR(be.rms_norm(x_, l.attn_norm, eps, h_, n, hidden));
-    const MatmulTarget qkv[] = {{&l.wq, q_, 0, l.bq}, {&l.wk, k_, 0, l.bk}, {&l.wv, v_, 0, l.bv}};
+    const MatmulTarget qkv[] = {{&l.wq, qkv_, qkv_dim, l.bq},
+                                {&l.wk, qkv_ + q_dim, qkv_dim, l.bk},
+                                {&l.wv, qkv_ + q_dim + kv_dim, qkv_dim, l.bv}};
     TESSERA_RETURN_IF_ERROR(be.matmul(h_, n, hidden, qkv));
-    TESSERA_RETURN_IF_ERROR(be.rope(q_, nh, k_, nkv, hd, inv_freq_, rope_style_));
-    TESSERA_RETURN_IF_ERROR(be.attention(li, q_, k_, v_, nh, attn_scale, c.sliding_window, attn_));
-    const MatmulTarget o[] = {{&l.wo, h_, 0, nullptr}};
-    TESSERA_RETURN_IF_ERROR(be.matmul(attn_, n, nh * hd, o));
-    TESSERA_RETURN_IF_ERROR(be.add(x_, h_, n * hidden, residual_scale));
-    TESSERA_RETURN_IF_ERROR(be.rms_norm(x_, l.ffn_norm, eps, h_, n, hidden));
-    const MatmulTarget gate_up[] = {{&l.w_gate, gate_up_, 2 * inter, nullptr},
-                                    {&l.w_up, gate_up_ + inter, 2 * inter, nullptr}};
+    engine::AttentionOp attention;
+    attention.layer = li;
+    attention.q = qkv_;
+    attention.k = qkv_ + q_dim;
+    attention.v = qkv_ + q_dim + kv_dim;
+    attention.row_stride = qkv_dim;
+    attention.num_heads = nh;
+    attention.num_kv_heads = nkv;
+    attention.head_dim = hd;
+    attention.inv_freq = inv_freq_;
+    attention.rope_style = rope_style_;
+    attention.scale = attn_scale;
+    attention.sliding_window = c.sliding_window;
+    attention.out = attn_;
+    TESSERA_RETURN_IF_ERROR(be.attention(attention));
+    const MatmulTarget o[] = {{&l.wo, h_, 0, {}}};
+    TESSERA_RETURN_IF_ERROR(be.matmul(attn_, n, q_dim, o));
+    TESSERA_RETURN_IF_ERROR(be.add_rms_norm(x_, h_, residual_scale, l.ffn_norm, eps, h_, n, hidden));
+    const MatmulTarget gate_up[] = {{&l.w_gate, gate_up_, 2 * inter, {}}, {&l.w_up, gate_up_ + inter, 2 * inter, {}}};
     TESSERA_RETURN_IF_ERROR(be.matmul(h_, n, hidden, gate_up));
-    TESSERA_RETURN_IF_ERROR(be.silu_mul(gate_up_, gate_up_ + inter, 2 * inter, act_, n, inter));
-    const MatmulTarget down[] = {{&l.w_down, h_, 0, nullptr}};
+    TESSERA_RETURN_IF_ERROR(be.silu_mul(gate_up_, act_, n, inter));
+    const MatmulTarget down[] = {{&l.w_down, h_, 0, {}}};
     TESSERA_RETURN_IF_ERROR(be.matmul(act_, n, inter, down));
-    TESSERA_RETURN_IF_ERROR(be.add(x_, h_, n * hidden, residual_scale));
+    if (li + 1 < num_layers) {
+      const Layer& next = layers_[static_cast<size_t>(li + 1)];
+      TESSERA_RETURN_IF_ERROR(be.add_rms_norm(x_, h_, residual_scale, next.attn_norm, eps, h_, n, hidden));
+    } else {
+      TESSERA_RETURN_IF_ERROR(be.add(x_, h_, n * hidden, residual_scale));
+    }
   }
   if (sample_rows.empty()) return Status::ok();
   const int64_t s = static_cast<int64_t>(sample_rows.size());
@@ -349,7 +388,7 @@ Status LlamaModel::forward(const engine::StepLayout& layout, std::span<const int
     // MiniCPM scales the final hidden state before lm_head: x += (scale - 1) * x.
     TESSERA_RETURN_IF_ERROR(be.add(sample_hidden_, sample_hidden_, s * hidden, static_cast<float>(c.logit_scale) - 1));
   }
-  const MatmulTarget head[] = {{&lm_head_, logits_, 0, nullptr}};
+  const MatmulTarget head[] = {{&lm_head_, logits_, 0, {}}};
   return be.matmul(sample_hidden_, s, hidden, head);
 }
 

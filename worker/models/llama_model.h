@@ -55,23 +55,20 @@ class LlamaModel {
   // Bytes of weights as the backend holds them.
   int64_t weight_bytes() const { return weight_bytes_; }
 
-  // Runs the step and leaves logits for sample_rows (indices into the step's tokens) in
-  // logits() [sample_rows.size(), vocab]. Precondition: backend.begin_step(layout) was
-  // called, sizes within the load options.
-  [[nodiscard]] Status forward(const engine::StepLayout& layout, std::span<const int32_t> sample_rows);
-  const float* logits() const { return logits_; }
+  // Runs the step and leaves logits for layout.sample_rows (indices into the step's
+  // tokens) in logits() [sample_rows.size(), vocab]. Precondition: backend.begin_step(layout)
+  // was called, sizes within the load options.
+  [[nodiscard]] Status forward(const engine::StepLayout& layout);
+  engine::Act logits() const { return logits_; }
 
   // Where loading finds each tensor of weight_specs(config) (defined with the loaders).
   struct TensorSource;
 
  private:
   struct Layer {
-    const float* attn_norm = nullptr;
-    const float* ffn_norm = nullptr;
+    engine::Act attn_norm, ffn_norm;
     engine::WeightTensor wq, wk, wv, wo, w_gate, w_up, w_down;
-    const float* bq = nullptr;
-    const float* bk = nullptr;
-    const float* bv = nullptr;
+    engine::Act bq, bk, bv;
   };
 
   LlamaModel(engine::Backend& backend, ModelConfig config, LlamaLoadOptions options)
@@ -90,23 +87,21 @@ class LlamaModel {
   std::vector<float> inv_freq_;  // [head_dim / 2]
   engine::WeightTensor embedding_;
   engine::WeightTensor lm_head_;
-  const float* final_norm_ = nullptr;
+  engine::Act final_norm_;
   std::vector<Layer> layers_;
   int64_t weight_bytes_ = 0;
   // Dequantized weights (WeightMode::kDequantizeF32) and generated ones (dummy) live here.
   std::vector<std::vector<float>> owned_weights_;
   std::vector<std::vector<uint16_t>> owned_bf16_;
-  // Activations [max_batch_tokens, width].
-  float* x_ = nullptr;
-  float* h_ = nullptr;
-  float* q_ = nullptr;
-  float* k_ = nullptr;
-  float* v_ = nullptr;
-  float* attn_ = nullptr;
-  float* gate_up_ = nullptr;  // [tokens, 2 * intermediate]: gate then up
-  float* act_ = nullptr;
-  float* sample_hidden_ = nullptr;  // [max_sample_rows, hidden]
-  float* logits_ = nullptr;         // [max_sample_rows, vocab]
+  // Activations [max_batch_tokens, width], in the backend's activation type.
+  engine::Act x_;        // the residual stream
+  engine::Act h_;        // normed states, and each sub-layer's output
+  engine::Act qkv_;      // [tokens, (heads + 2 * kv_heads) * head_dim]: q, then k, then v
+  engine::Act attn_;
+  engine::Act gate_up_;  // [tokens, 2 * intermediate]: gate then up
+  engine::Act act_;
+  engine::Act sample_hidden_;  // [max_sample_rows, hidden]
+  engine::Act logits_;         // [max_sample_rows, vocab]
 };
 
 // Per-dimension inverse rotary frequencies of a config (rope scaling applied), as Hugging
