@@ -198,3 +198,12 @@ def test_adding_gateways_and_worker_groups_is_only_a_values_change(repo_root, re
         a, b = copy.deepcopy(one(scaled, kind, name)), copy.deepcopy(one(base, kind, name))
         a["spec"].pop("replicas"), b["spec"].pop("replicas")
         assert a == b
+
+
+def test_values_schema_rejects_misspelt_values(repo_root):
+    """values.schema.json makes Helm refuse a misspelt value instead of ignoring it."""
+    helm = need("helm_python")
+    for bad, where in [({"worker": {"grups": 2}}, "grups"), ({"replicas": 0}, "replicas"),
+                       ({"ports": {"http": "eighty"}}, "http")]:
+        with pytest.raises(helm.HelmError, match=where):
+            render_chart(repo_root, bad)
