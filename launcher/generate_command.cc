@@ -92,6 +92,15 @@ GenerateOptions parse_generate_args(const Args& args) {
       // The reference path: float32 weights and a float32 KV cache.
       o.engine.weight_mode = models::WeightMode::kDequantizeF32;
       o.engine.kv_dtype = engine::KvDtype::kF32;
+    } else if (a == "--device") {
+      auto v = value();
+      if (v && *v == "cpu") {
+        o.engine.device = engine::EngineDevice::kCpu;
+      } else if (v && *v == "cuda") {
+        o.engine.device = engine::EngineDevice::kCuda;
+      } else if (v) {
+        o.error = "--device: expected cpu or cuda";
+      }
     } else if (a == "--kv-dtype") {
       auto v = value();
       if (v && *v == "f16") {

@@ -63,9 +63,6 @@ int list_devices() {
 
 int serve(const tessera::Config& config) {
   using namespace tessera;
-  if (config.worker.device == Device::kCuda) {
-    return cli::fail(kProgram, unimplemented("worker.device=cuda: the CUDA backend is not built yet; use cpu or auto"));
-  }
   if (config.worker.tensor_parallel_size != 1 || config.worker.pipeline_parallel_size != 1) {
     return cli::fail(kProgram, unimplemented("tensor/pipeline parallelism is not built yet: use one rank per group"));
   }
@@ -77,6 +74,16 @@ int serve(const tessera::Config& config) {
   eo.max_batch_tokens = config.router.max_num_batched_tokens;
   eo.max_sequences = std::min<int64_t>(config.router.max_num_seqs, eo.max_batch_tokens);
   eo.kv_cache_bytes = static_cast<int64_t>(config.worker.kv_cache_bytes);  // 0: the engine's default capacity
+  // auto: the GPU when this build has the CUDA backend and a device is visible.
+  bool cuda = config.worker.device == Device::kCuda;
+#if TESSERA_WITH_CUDA
+  if (config.worker.device == Device::kAuto) cuda = !kernels::cuda::query_devices().devices.empty();
+#endif
+  if (cuda) {
+    eo.device = engine::EngineDevice::kCuda;
+    eo.device_index = static_cast<int>(config.worker.device_index);
+    eo.gpu_memory_utilization = config.worker.gpu_memory_utilization;
+  }
   engine::LoadFormat format = engine::LoadFormat::kAuto;
   switch (config.model.load_format) {
     case LoadFormat::kGguf: format = engine::LoadFormat::kGguf; break;

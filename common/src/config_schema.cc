@@ -255,7 +255,8 @@ std::vector<config_internal::FieldSpec> build_schema() {
       field("worker.gpu_memory_utilization", &C::worker, &WorkerSettings::gpu_memory_utilization,
             "Share of GPU memory for weights, activations and the KV pool, in (0, 1]."),
       field("worker.kv_cache_bytes", &C::worker, &WorkerSettings::kv_cache_bytes,
-            "KV pool size on CPU in bytes; 0 sizes it automatically."),
+            "KV pool size in bytes; 0 sizes it automatically (CPU: 8192 tokens; CUDA: what "
+            "gpu_memory_utilization leaves after weights and activations)."),
       field("worker.heartbeat_interval_ms", &C::worker, &WorkerSettings::heartbeat_interval_ms,
             "How often the worker tells its router it is alive (during long steps and while idle)."),
 

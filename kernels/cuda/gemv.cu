@@ -20,7 +20,10 @@ __device__ __forceinline__ void unpack(uint4 w, float (&out)[8]) {
 }
 
 // One warp per output column j: the weight row W[j] streams through once, 16 bytes per lane
-// per step, against the activation row (small: it stays in L1/L2).
+// per load, kUnroll loads in flight per lane (a short row is otherwise a few dependent
+// round trips to memory), against the activation row (small: it stays in L1/L2).
+constexpr int kUnroll = 4;
+
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemmParams p) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (j >= p.n) return;
@@ -29,12 +32,26 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemmParams p) {
   const uint4* w = reinterpret_cast<const uint4*>(p.w) + j * words;
   const uint4* a = reinterpret_cast<const uint4*>(p.a);
   float acc = 0.0f;
-  for (int64_t i = lane; i < words; i += 32) {
-    float wv[8], av[8];
-    unpack(__ldcs(w + i), wv);  // streamed once: do not keep it in cache
-    unpack(__ldg(a + i), av);
+  for (int64_t i0 = lane; i0 < words; i0 += 32 * kUnroll) {
+    uint4 wq[kUnroll], aq[kUnroll];
     #pragma unroll
-    for (int e = 0; e < 8; ++e) acc += wv[e] * av[e];
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = i0 + 32 * u;
+      if (i < words) {
+        wq[u] = __ldcs(w + i);  // streamed once: do not keep it in cache
+        aq[u] = __ldg(a + i);
+      } else {
+        wq[u] = aq[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    #pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float wv[8], av[8];
+      unpack(wq[u], wv);
+      unpack(aq[u], av);
+      #pragma unroll
+      for (int e = 0; e < 8; ++e) acc += wv[e] * av[e];
+    }
   }
   for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
   if (lane == 0) {
