@@ -1,6 +1,5 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <cfloat>
 
@@ -10,7 +9,6 @@ namespace tessera::kernels::cuda {
 
 namespace {
 
-using namespace nvcuda;
 using bf16 = __nv_bfloat16;
 
 constexpr int kRows = kPrefillTileRows;  // query rows per block
@@ -19,48 +17,58 @@ constexpr int kWarps = 4;                // each owns 16 query rows
 constexpr int kThreads = kWarps * 32;
 static_assert(kRows == kWarps * 16, "one 16-row MMA strip per warp");
 
-// Shared memory, padded so rows start in different banks and every WMMA fragment starts
-// 32-byte aligned: Q, K and V tiles (bf16), logits S (fp32), weights P (bf16), the output
-// accumulator O (fp32) and per-row softmax state.
+// Shared memory: the Q tile and two K and two V tiles (bf16; the next pair loads while
+// this one is used), rows padded by 8 elements so the 32-bit fragment loads of a warp hit
+// 32 different banks.
 template <int D>
 struct Layout {
-  static constexpr int kLdQ = D + 8;       // bf16 elements: Q, K and V rows
-  static constexpr int kLdS = kKeys + 4;   // fp32
-  static constexpr int kLdP = kKeys + 8;   // bf16
-  static constexpr int kLdO = D + 4;       // fp32
-  static constexpr int round(int bytes) { return (bytes + 127) / 128 * 128; }
+  static constexpr int kLd = D + 8;  // bf16 elements per row
+  static constexpr int kTile = kKeys * kLd;  // elements of one K or V tile
   static constexpr int kQ = 0;
-  static constexpr int kK = kQ + round(kRows * kLdQ * 2);
-  static constexpr int kV = kK + round(kKeys * kLdQ * 2);
-  static constexpr int kS = kV + round(kKeys * kLdQ * 2);
-  static constexpr int kP = kS + round(kRows * kLdS * 4);
-  static constexpr int kO = kP + round(kRows * kLdP * 2);
-  static constexpr int kState = kO + round(kRows * kLdO * 4);
-  static constexpr int kBytes = kState + round(3 * kRows * 4);
+  static constexpr int kK = kQ + kRows * kLd * 2;  // K tiles 0 and 1
+  static constexpr int kV = kK + 2 * kTile * 2;    // V tiles 0 and 1
+  static constexpr int kBytes = kV + 2 * kTile * 2;
 };
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+// 16 bytes from global to shared memory without passing through registers; zeros when
+// `copy` is false (the source is not read then).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool copy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(copy ? 16 : 0));
 }
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// D = A·B + D for one m16n8k16 tile: bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Flash-attention-2 with the tile in registers. Fragment layout of m16n8k16 (g = lane / 4,
+// q = lane % 4): A holds rows g and g + 8 at columns 2q, 2q + 1 (and + 8); B holds column g
+// at rows 2q, 2q + 1 (and + 8); the accumulator holds rows g and g + 8 at columns 2q, 2q + 1.
+// Each warp owns 16 query rows: S = Q·Kᵀ for 64 keys is 8 accumulators, whose softmax
+// weights are already laid out as the A fragments of P·V.
 template <int D>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAttentionParams p) {
   using L = Layout<D>;
+  constexpr int kLd = L::kLd;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* q_s = reinterpret_cast<bf16*>(smem + L::kQ);
-  bf16* k_s = reinterpret_cast<bf16*>(smem + L::kK);
-  bf16* v_s = reinterpret_cast<bf16*>(smem + L::kV);
-  float* s_s = reinterpret_cast<float*>(smem + L::kS);
-  bf16* p_s = reinterpret_cast<bf16*>(smem + L::kP);
-  float* o_s = reinterpret_cast<float*>(smem + L::kO);
-  float* m_s = reinterpret_cast<float*>(smem + L::kState);
-  float* l_s = m_s + kRows;
-  float* alpha_s = l_s + kRows;
+  bf16* k_tiles = reinterpret_cast<bf16*>(smem + L::kK);
+  bf16* v_tiles = reinterpret_cast<bf16*>(smem + L::kV);
 
   const PrefillTile tile = p.tiles[blockIdx.x];
   const int head = blockIdx.y;
@@ -70,6 +78,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   const int32_t* pages = p.block_tables + static_cast<int64_t>(tile.table_row) * p.max_pages_per_seq;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, qd = lane & 3;
   constexpr int kWords = D / 8;  // 16-byte words per row
 
   for (int i = threadIdx.x; i < kRows * kWords; i += kThreads) {
@@ -78,109 +87,162 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
     if (r < tile.num_rows) {
       w = *reinterpret_cast<const uint4*>(p.q + (tile.row_begin + r) * q_stride + head * D + c * 8);
     }
-    *reinterpret_cast<uint4*>(q_s + r * L::kLdQ + c * 8) = w;
+    *reinterpret_cast<uint4*>(q_s + r * kLd + c * 8) = w;
   }
-  for (int i = threadIdx.x; i < kRows * L::kLdO; i += kThreads) o_s[i] = 0.0f;
-  if (threadIdx.x < kRows) {
-    m_s[threadIdx.x] = -FLT_MAX;
-    l_s[threadIdx.x] = 0.0f;
+  __syncthreads();
+  // This warp's Q rows as A fragments, one per 16 dimensions.
+  uint32_t qa[D / 16][4];
+  {
+    const bf16* rows = q_s + (warp * 16 + g) * kLd + 2 * qd;
+    #pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      qa[kk][0] = *reinterpret_cast<const uint32_t*>(rows + kk * 16);
+      qa[kk][1] = *reinterpret_cast<const uint32_t*>(rows + 8 * kLd + kk * 16);
+      qa[kk][2] = *reinterpret_cast<const uint32_t*>(rows + kk * 16 + 8);
+      qa[kk][3] = *reinterpret_cast<const uint32_t*>(rows + 8 * kLd + kk * 16 + 8);
+    }
   }
+  float o[D / 8][4];
+  #pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  // Running max (log2 units) and sum of rows g and g + 8; the four lanes of a quad agree.
+  float m_row[2] = {-FLT_MAX, -FLT_MAX}, l_row[2] = {0.0f, 0.0f};
+  const int r_local[2] = {warp * 16 + g, warp * 16 + g + 8};
+  int64_t pos[2], row_lo[2];
+  #pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    pos[h] = r_local[h] < tile.num_rows ? tile.first_pos + r_local[h] : -1;  // -1: no row, attends to nothing
+    row_lo[h] = p.sliding_window > 0 ? pos[h] + 1 - p.sliding_window : 0;
+  }
+  const float scale_log2 = p.scale * 1.4426950408889634f;  // exp(x) = exp2(x · log2 e)
 
-  const int64_t last = tile.first_pos + tile.num_rows - 1;
-  const int64_t hi = last + 1;  // keys [lo, hi) can matter to some row of the tile
+  const int64_t hi = tile.first_pos + tile.num_rows;  // keys [lo, hi) can matter to some row
   const int64_t lo = p.sliding_window > 0 && tile.first_pos + 1 > p.sliding_window
                          ? tile.first_pos + 1 - p.sliding_window
                          : 0;
-  for (int64_t k0 = lo / kKeys * kKeys; k0 < hi; k0 += kKeys) {
-    __syncthreads();  // the previous tile's K/V are consumed; Q and O are ready
+  // Gathers keys [k0, k0 + kKeys) of the sequence's pages into K/V tile `buffer` (zeros
+  // past hi), asynchronously.
+  auto load_tile = [&](int64_t k0, int buffer) {
+    bf16* k_dst = k_tiles + buffer * L::kTile;
+    bf16* v_dst = v_tiles + buffer * L::kTile;
     for (int i = threadIdx.x; i < kKeys * kWords; i += kThreads) {
       const int j = i / kWords, c = i % kWords;
       const int64_t t = k0 + j;
-      uint4 kw = make_uint4(0, 0, 0, 0), vw = kw;
-      if (t < hi) {
+      const bool inside = t < hi;
+      int64_t at = 0;
+      if (inside) {
         const int64_t slot = static_cast<int64_t>(pages[t / p.page_size]) * p.page_size + t % p.page_size;
-        const int64_t at = (slot * p.num_kv_heads + kv_head) * D + c * 8;
-        kw = *reinterpret_cast<const uint4*>(p.k_cache + at);
-        vw = *reinterpret_cast<const uint4*>(p.v_cache + at);
+        at = (slot * p.num_kv_heads + kv_head) * D + c * 8;
       }
-      *reinterpret_cast<uint4*>(k_s + j * L::kLdQ + c * 8) = kw;
-      *reinterpret_cast<uint4*>(v_s + j * L::kLdQ + c * 8) = vw;
+      cp_async16(k_dst + j * kLd + c * 8, p.k_cache + at, inside);
+      cp_async16(v_dst + j * kLd + c * 8, p.v_cache + at, inside);
+    }
+    cp_async_commit();
+  };
+  const int64_t first_key = lo / kKeys * kKeys;
+  if (first_key < hi) load_tile(first_key, 0);
+  int buffer = 0;
+  for (int64_t k0 = first_key; k0 < hi; k0 += kKeys, buffer ^= 1) {
+    // The next tile streams in while this one is used; its buffer was released by the
+    // barrier that ended the previous iteration.
+    if (k0 + kKeys < hi) {
+      load_tile(k0 + kKeys, buffer ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
     __syncthreads();
+    const bf16* k_s = k_tiles + buffer * L::kTile;
+    const bf16* v_s = v_tiles + buffer * L::kTile;
 
-    // S = Q·Kᵀ for this warp's 16 rows.
+    // S = Q·Kᵀ: 8 accumulators of 8 keys each.
+    float s[kKeys / 8][4];
     #pragma unroll
-    for (int n = 0; n < kKeys / 16; ++n) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
+    for (int j = 0; j < kKeys / 8; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      const bf16* key = k_s + (j * 8 + g) * kLd + 2 * qd;
       #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
-        wmma::load_matrix_sync(a, q_s + warp * 16 * L::kLdQ + kk * 16, L::kLdQ);
-        wmma::load_matrix_sync(b, k_s + n * 16 * L::kLdQ + kk * 16, L::kLdQ);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(s_s + warp * 16 * L::kLdS + n * 16, acc, L::kLdS, wmma::mem_row_major);
-    }
-    __syncwarp();
-
-    // Running softmax per row; lanes over the tile's 64 keys, two each.
-    for (int rr = 0; rr < 16; ++rr) {
-      const int r = warp * 16 + rr;
-      const int64_t pos = tile.first_pos + r;
-      const int64_t row_lo = p.sliding_window > 0 ? pos + 1 - p.sliding_window : 0;
-      float s[2];
-      #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int c = lane + 32 * h;
-        const int64_t t = k0 + c;
-        const bool keep = r < tile.num_rows && t <= pos && t >= row_lo;
-        s[h] = keep ? s_s[r * L::kLdS + c] * p.scale : -FLT_MAX;
-      }
-      const float m_old = m_s[r];
-      const float m_new = fmaxf(m_old, warp_max(fmaxf(s[0], s[1])));
-      float w[2];
-      #pragma unroll
-      for (int h = 0; h < 2; ++h) w[h] = s[h] == -FLT_MAX ? 0.0f : __expf(s[h] - m_new);
-      const float sum = warp_sum(w[0] + w[1]);
-      p_s[r * L::kLdP + lane] = __float2bfloat16_rn(w[0]);
-      p_s[r * L::kLdP + lane + 32] = __float2bfloat16_rn(w[1]);
-      if (lane == 0) {
-        const float alpha = m_old == -FLT_MAX ? 0.0f : __expf(m_old - m_new);
-        alpha_s[r] = alpha;
-        l_s[r] = l_s[r] * alpha + sum;
-        m_s[r] = m_new;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key + kk * 16);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + kk * 16 + 8);
+        mma_16816(s[j], qa[kk], b0, b1);
       }
     }
-    __syncwarp();
-    for (int i = lane; i < 16 * D; i += 32) {
-      const int r = warp * 16 + i / D;
-      o_s[r * L::kLdO + i % D] *= alpha_s[r];
-    }
-    __syncwarp();
-
-    // O += P·V for this warp's rows.
+    // Mask, scale to log2 units, running max per row.
+    float tile_max[2] = {-FLT_MAX, -FLT_MAX};
     #pragma unroll
-    for (int n = 0; n < D / 16; ++n) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, o_s + warp * 16 * L::kLdO + n * 16, L::kLdO, wmma::mem_row_major);
+    for (int j = 0; j < kKeys / 8; ++j) {
       #pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
-        wmma::load_matrix_sync(a, p_s + warp * 16 * L::kLdP + kk * 16, L::kLdP);
-        wmma::load_matrix_sync(b, v_s + kk * 16 * L::kLdQ + n * 16, L::kLdQ);
-        wmma::mma_sync(acc, a, b, acc);
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        const int64_t t = k0 + j * 8 + 2 * qd + (e & 1);
+        const bool keep = t <= pos[h] && t >= row_lo[h];
+        s[j][e] = keep ? s[j][e] * scale_log2 : -FLT_MAX;
+        tile_max[h] = fmaxf(tile_max[h], s[j][e]);
       }
-      wmma::store_matrix_sync(o_s + warp * 16 * L::kLdO + n * 16, acc, L::kLdO, wmma::mem_row_major);
     }
+    float alpha[2];
+    #pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+      const float m_new = fmaxf(m_row[h], tile_max[h]);
+      alpha[h] = m_row[h] == -FLT_MAX ? 0.0f : exp2f(m_row[h] - m_new);
+      m_row[h] = m_new;
+    }
+    // Weights, their row sums, and P as A fragments (two accumulators per 16 keys).
+    float sum[2] = {0.0f, 0.0f};
+    uint32_t pa[kKeys / 16][4];
+    #pragma unroll
+    for (int j = 0; j < kKeys / 8; ++j) {
+      float w[4];
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        w[e] = s[j][e] == -FLT_MAX ? 0.0f : exp2f(s[j][e] - m_row[h]);
+        sum[h] += w[e];
+      }
+      pa[j / 2][(j & 1) * 2 + 0] = pack_bf16(w[0], w[1]);
+      pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(w[2], w[3]);
+    }
+    #pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 1);
+      sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
+      l_row[h] = l_row[h] * alpha[h] + sum[h];
+    }
+    #pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= alpha[0];
+      o[n][1] *= alpha[0];
+      o[n][2] *= alpha[1];
+      o[n][3] *= alpha[1];
+    }
+    // O += P·V: B fragments are V[keys 2q, 2q + 1 (+ 8)][dimension g], gathered in pairs.
+    const unsigned short* v16 = reinterpret_cast<const unsigned short*>(v_s);
+    #pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const unsigned short* vrow = v16 + (kk * 16 + 2 * qd) * kLd + g;
+      #pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const unsigned short* v = vrow + n * 8;
+        const uint32_t b0 = static_cast<uint32_t>(v[0]) | static_cast<uint32_t>(v[kLd]) << 16;
+        const uint32_t b1 = static_cast<uint32_t>(v[8 * kLd]) | static_cast<uint32_t>(v[9 * kLd]) << 16;
+        mma_16816(o[n], pa[kk], b0, b1);
+      }
+    }
+    __syncthreads();  // every warp is done with this buffer before it is refilled
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < tile.num_rows * D; i += kThreads) {
-    const int r = i / D, c = i % D;
-    const float v = o_s[r * L::kLdO + c] / l_s[r];
-    p.out[(tile.row_begin + r) * out_stride + head * D + c] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  // Rows g and g + 8 of this warp: O / l, two dimensions per 32-bit store.
+  #pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (pos[h] < 0) continue;
+    const float inv = 1.0f / l_row[h];
+    Bf16* out = p.out + (tile.row_begin + r_local[h]) * out_stride + head * D + 2 * qd;
+    #pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(out + n * 8) = pack_bf16(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+    }
   }
 }
 
