@@ -24,6 +24,8 @@ COPY gateway gateway
 COPY router router
 COPY worker worker
 COPY launcher launcher
+# CMake configures the benchmark tools too (their sources live with their driver scripts).
+COPY scripts/bench/*.cc scripts/bench/
 COPY deploy/docker/runtime-packages.sh /usr/local/bin/
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTESSERA_CUDA="${TESSERA_CUDA}" \
       -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" -DTESSERA_BUILD_TESTS=OFF \

@@ -8,9 +8,7 @@ command that installs it, never skips it.
 """
 from __future__ import annotations
 
-import copy
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -257,9 +255,3 @@ class Prometheus:
                 self.popen.kill()
                 self.popen.wait(timeout=10)
 
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
