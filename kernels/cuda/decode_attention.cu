@@ -1,6 +1,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/pdl.cuh"
+
 #include <cfloat>
 
 #include "kernels/cuda/decode_attention_params.h"
@@ -23,6 +25,7 @@ __device__ __forceinline__ float2 bf16x2_to_float2(uint32_t bits) {
 // logits turned into weights. Each thread keeps eight output dimensions of every head.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionParams p) {
+  pdl_wait();
   constexpr int kLanesPerToken = kHeadDim / 32;            // 32 dimensions (64 bytes) per lane
   constexpr int kTokensPerWarp = 32 / kLanesPerToken;      // logits of this many tokens per warp step
   constexpr int kDimsPerThread = 8;                        // V: one 16-byte load per row and thread
@@ -164,22 +167,36 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
     }
   }
 
-  // Sum the row streams (q_s is free now: reuse it), then write the result or the piece.
-  __syncthreads();
-  for (int r = 0; r < kRowStreams; ++r) {
-    if (row_stream == r) {
+  // Sum the row streams: first the ones sharing a warp (lanes kThreadsPerRow apart hold the
+  // same dimensions), then one partial per warp through shared memory (q_s is free now),
+  // with a single barrier instead of one per row stream.
+  #pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+    if (h >= group) break;
+    #pragma unroll
+    for (int e = 0; e < kDimsPerThread; ++e) {
       #pragma unroll
-      for (int h = 0; h < kMaxGroup; ++h) {
-        if (h >= group) break;
-        #pragma unroll
-        for (int e = 0; e < kDimsPerThread; ++e) {
-          float& sum = q_s[h][part * kDimsPerThread + e];
-          sum = (r == 0 ? 0.0f : sum) + acc[h][e];
-        }
-      }
+      for (int o = kThreadsPerRow; o < 32; o <<= 1) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
     }
-    __syncthreads();
   }
+  __shared__ __align__(16) float warp_sums[kWarps][kMaxGroup][kHeadDim];
+  if (lane < kThreadsPerRow) {
+    #pragma unroll
+    for (int h = 0; h < kMaxGroup; ++h) {
+      if (h >= group) break;
+      #pragma unroll
+      for (int e = 0; e < kDimsPerThread; ++e) warp_sums[warp][h][part * kDimsPerThread + e] = acc[h][e];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
+    const int h = i / kHeadDim, d = i % kHeadDim;
+    float sum = 0.0f;
+    #pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += warp_sums[w][h][d];
+    q_s[h][d] = sum;
+  }
+  __syncthreads();
   const bool whole = p.split_tokens <= 0 || p.max_splits <= 1;
   for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
     const int h = i / kHeadDim;
@@ -201,6 +218,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
 // One block per (query head, sequence): the pieces' states merged into the output.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kHeadDim) merge_pieces_kernel(DecodeAttentionParams p) {
+  pdl_wait();
   const int64_t qh = static_cast<int64_t>(blockIdx.y) * p.num_q_heads + blockIdx.x;
   const int64_t len = p.seq_lens[blockIdx.y];
   const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
@@ -223,10 +241,10 @@ void launch_for(const DecodeAttentionParams& p, Stream stream) {
   const bool split = p.split_tokens > 0 && p.max_splits > 1;
   const dim3 grid(static_cast<unsigned>(p.num_kv_heads), static_cast<unsigned>(p.num_seqs),
                   static_cast<unsigned>(split ? p.max_splits : 1));
-  decode_attention_kernel<kHeadDim><<<grid, kThreads, 0, stream>>>(p);
+  if (launch_pdl(decode_attention_kernel<kHeadDim>, grid, kThreads, 0, stream, p) != cudaSuccess) return;
   if (split) {
-    merge_pieces_kernel<kHeadDim>
-        <<<dim3(static_cast<unsigned>(p.num_q_heads), static_cast<unsigned>(p.num_seqs)), kHeadDim, 0, stream>>>(p);
+    launch_pdl(merge_pieces_kernel<kHeadDim>, dim3(static_cast<unsigned>(p.num_q_heads), static_cast<unsigned>(p.num_seqs)),
+               kHeadDim, 0, stream, p);
   }
 }
 

@@ -1,6 +1,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/pdl.cuh"
+
 #include "kernels/cuda/gemm_params.h"
 
 namespace tessera::kernels::cuda {
@@ -25,6 +27,7 @@ __device__ __forceinline__ void unpack(uint4 w, float (&out)[8]) {
 constexpr int kUnroll = 4;
 
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemmParams p) {
+  pdl_wait();
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (j >= p.n) return;
   const int lane = threadIdx.x & 31;
@@ -67,8 +70,8 @@ namespace launch {
 
 const char* gemv(const GemmParams& p, Stream stream) {
   const unsigned blocks = static_cast<unsigned>((p.n + kWarps - 1) / kWarps);
-  gemv_kernel<<<blocks, kWarps * 32, 0, stream>>>(p);
-  const cudaError_t e = cudaGetLastError();
+  cudaError_t e = launch_pdl(gemv_kernel, blocks, kWarps * 32, 0, stream, p);
+  if (e == cudaSuccess) e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 

@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/pdl.cuh"
+
 #include <algorithm>
 #include <cstdint>
 
@@ -35,6 +37,7 @@ __device__ float block_sum(float v) {
 // One block per token; 16-byte copies when rows allow them.
 __global__ void embedding_kernel(const Bf16* __restrict__ table, const int32_t* __restrict__ ids, Bf16* __restrict__ out,
                                  int64_t width) {
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const Bf16* src = table + static_cast<int64_t>(ids[t]) * width;
   Bf16* dst = out + t * width;
@@ -75,6 +78,7 @@ __device__ __forceinline__ uint4 pack8(const Bf16x8& x) {
 // rms_norm_kernel for rows of whole 16-byte words (width % 8 == 0, aligned buffers).
 __global__ void rms_norm_vec8_kernel(const uint4* x, uint4* residual, const uint4* __restrict__ weight,
                                      uint4* out, int64_t width, float eps) {
+  pdl_wait();
   const int64_t row = blockIdx.x;
   const int64_t words = width / 8;
   const uint4* xr = x + row * words;
@@ -105,6 +109,7 @@ __global__ void rms_norm_vec8_kernel(const uint4* x, uint4* residual, const uint
 
 __global__ void silu_mul_vec8_kernel(const uint4* __restrict__ gate_up, uint4* __restrict__ out, int64_t rows,
                                      int64_t width) {
+  pdl_wait();
   const int64_t words = width / 8;
   const int64_t n = rows * words;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
@@ -125,6 +130,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 // One block per row: the (residual) sum and its squares, then the scaled row.
 __global__ void rms_norm_kernel(const Bf16* x, Bf16* residual, const Bf16* __restrict__ weight, Bf16* out,
                                 int64_t width, float eps) {
+  pdl_wait();
   const int64_t row = blockIdx.x;
   const Bf16* xr = x + row * width;
   Bf16* rr = residual ? residual + row * width : nullptr;
@@ -148,6 +154,7 @@ __global__ void rms_norm_kernel(const Bf16* x, Bf16* residual, const Bf16* __res
 }
 
 __global__ void silu_mul_kernel(const Bf16* __restrict__ gate_up, Bf16* __restrict__ out, int64_t rows, int64_t width) {
+  pdl_wait();
   const int64_t n = rows * width;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -172,6 +179,7 @@ __device__ __forceinline__ void rotate_pair(const Bf16* src, Bf16* dst, int64_t 
 
 // One block per token: q heads in place, k heads into the cache rotated, v heads copied.
 __global__ void rope_kv_kernel(RopeKvParams p) {
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int64_t half_dim = p.head_dim / 2;
   const bool half = p.style == RopeStyle::kHalf;
@@ -198,6 +206,7 @@ __global__ void rope_kv_kernel(RopeKvParams p) {
 }
 
 __global__ void add_kernel(Bf16* x, const Bf16* y, int64_t count, float scale) {
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     x[i] = to_bf16(to_float(x[i]) + scale * to_float(y[i]));
@@ -207,12 +216,14 @@ __global__ void add_kernel(Bf16* x, const Bf16* y, int64_t count, float scale) {
 // One block per gathered row.
 __global__ void gather_rows_kernel(const Bf16* __restrict__ src, const int32_t* __restrict__ rows,
                                    Bf16* __restrict__ dst, int64_t width) {
+  pdl_wait();
   const Bf16* from = src + static_cast<int64_t>(rows[blockIdx.x]) * width;
   Bf16* to = dst + static_cast<int64_t>(blockIdx.x) * width;
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) to[i] = from[i];
 }
 
 __global__ void add_bias_kernel(AddBiasParams p) {
+  pdl_wait();
   const int64_t total = p.rows * p.n;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -230,6 +241,14 @@ const char* launched() {
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
+const char* launched(cudaError_t e) {
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return cudaGetErrorString(e);
+  }
+  return launched();
+}
+
 // Threads for a block that walks a row of `width`: a multiple of 32, at most 1024.
 int row_threads(int64_t width) {
   int64_t n = 32;
@@ -242,56 +261,50 @@ int row_threads(int64_t width) {
 namespace launch {
 
 const char* embedding(const EmbeddingParams& p, Stream stream) {
-  embedding_kernel<<<static_cast<unsigned>(p.num_tokens), 128, 0, stream>>>(p.table, p.token_ids, p.out, p.width);
-  return launched();
+  return launched(
+      launch_pdl(embedding_kernel, static_cast<unsigned>(p.num_tokens), 128, 0, stream, p.table, p.token_ids, p.out, p.width));
 }
 
 const char* rms_norm(const RmsNormParams& p, Stream stream) {
   if (p.width % 8 == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.out) &&
       (!p.residual || aligned16(p.residual))) {
-    rms_norm_vec8_kernel<<<static_cast<unsigned>(p.rows), row_threads(p.width / 8), 0, stream>>>(
-        reinterpret_cast<const uint4*>(p.x), reinterpret_cast<uint4*>(p.residual),
-        reinterpret_cast<const uint4*>(p.weight), reinterpret_cast<uint4*>(p.out), p.width, p.eps);
-    return launched();
+    return launched(launch_pdl(rms_norm_vec8_kernel, static_cast<unsigned>(p.rows), row_threads(p.width / 8), 0, stream,
+                               reinterpret_cast<const uint4*>(p.x), reinterpret_cast<uint4*>(p.residual),
+                               reinterpret_cast<const uint4*>(p.weight), reinterpret_cast<uint4*>(p.out), p.width,
+                               p.eps));
   }
-  rms_norm_kernel<<<static_cast<unsigned>(p.rows), row_threads(p.width), 0, stream>>>(p.x, p.residual, p.weight, p.out,
-                                                                                     p.width, p.eps);
-  return launched();
+  return launched(launch_pdl(rms_norm_kernel, static_cast<unsigned>(p.rows), row_threads(p.width), 0, stream, p.x,
+                             p.residual, p.weight, p.out, p.width, p.eps));
 }
 
 const char* silu_mul(const SiluMulParams& p, Stream stream) {
   if (p.width % 8 == 0 && aligned16(p.gate_up) && aligned16(p.out)) {
     const int64_t words = p.rows * p.width / 8;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((words + 255) / 256, 132 * 16));
-    silu_mul_vec8_kernel<<<blocks, 256, 0, stream>>>(reinterpret_cast<const uint4*>(p.gate_up),
-                                                      reinterpret_cast<uint4*>(p.out), p.rows, p.width);
-    return launched();
+    return launched(launch_pdl(silu_mul_vec8_kernel, blocks, 256, 0, stream,
+                               reinterpret_cast<const uint4*>(p.gate_up), reinterpret_cast<uint4*>(p.out), p.rows,
+                               p.width));
   }
   const int64_t n = p.rows * p.width;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 132 * 16));
-  silu_mul_kernel<<<blocks, 256, 0, stream>>>(p.gate_up, p.out, p.rows, p.width);
-  return launched();
+  return launched(launch_pdl(silu_mul_kernel, blocks, 256, 0, stream, p.gate_up, p.out, p.rows, p.width));
 }
 
 const char* rope_and_cache_kv(const RopeKvParams& p, Stream stream) {
-  rope_kv_kernel<<<static_cast<unsigned>(p.num_tokens), 128, 0, stream>>>(p);
-  return launched();
+  return launched(launch_pdl(rope_kv_kernel, static_cast<unsigned>(p.num_tokens), 128, 0, stream, p));
 }
 
 const char* add(const AddParams& p, Stream stream) {
-  add_kernel<<<grid_for(p.count), 256, 0, stream>>>(p.x, p.y, p.count, p.scale);
-  return launched();
+  return launched(launch_pdl(add_kernel, grid_for(p.count), 256, 0, stream, p.x, p.y, p.count, p.scale));
 }
 
 const char* gather_rows(const GatherRowsParams& p, Stream stream) {
-  gather_rows_kernel<<<static_cast<unsigned>(p.num_rows), row_threads(p.width), 0, stream>>>(p.src, p.rows, p.dst,
-                                                                                            p.width);
-  return launched();
+  return launched(launch_pdl(gather_rows_kernel, static_cast<unsigned>(p.num_rows), row_threads(p.width), 0, stream,
+                             p.src, p.rows, p.dst, p.width));
 }
 
 const char* add_bias(const AddBiasParams& p, Stream stream) {
-  add_bias_kernel<<<grid_for(p.rows * p.n), 256, 0, stream>>>(p);
-  return launched();
+  return launched(launch_pdl(add_bias_kernel, grid_for(p.rows * p.n), 256, 0, stream, p));
 }
 
 }  // namespace launch

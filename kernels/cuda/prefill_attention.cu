@@ -36,6 +36,21 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool copy
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(copy ? 16 : 0));
 }
+// Four 8×8 bf16 matrices from shared memory, lane l giving the address of row l % 8 of
+// matrix l / 8; lane t receives row t / 4, columns 2(t % 4) and 2(t % 4) + 1 of each (with
+// .trans: column t / 4, rows 2(t % 4) and 2(t % 4) + 1).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
@@ -70,7 +85,9 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   bf16* k_tiles = reinterpret_cast<bf16*>(smem + L::kK);
   bf16* v_tiles = reinterpret_cast<bf16*>(smem + L::kV);
 
-  const PrefillTile tile = p.tiles[blockIdx.x];
+  // The last tiles of a sequence attend to the most keys: start them first, so the short
+  // ones fill in behind instead of leaving a long tail.
+  const PrefillTile tile = p.tiles[p.num_tiles - 1 - blockIdx.x];
   const int head = blockIdx.y;
   const int kv_head = head / static_cast<int>(p.num_q_heads / p.num_kv_heads);
   const int64_t q_stride = p.q_stride > 0 ? p.q_stride : p.num_q_heads * D;
@@ -155,17 +172,19 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
     const bf16* k_s = k_tiles + buffer * L::kTile;
     const bf16* v_s = v_tiles + buffer * L::kTile;
 
-    // S = Q·Kᵀ: 8 accumulators of 8 keys each.
+    // S = Q·Kᵀ: 8 accumulators of 8 keys each. One ldmatrix gives the B fragments of two
+    // 16-dimension steps: matrices (keys j*8.., dims kk*16 + 0, 8, 16, 24 ..).
     float s[kKeys / 8][4];
     #pragma unroll
     for (int j = 0; j < kKeys / 8; ++j) {
       s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-      const bf16* key = k_s + (j * 8 + g) * kLd + 2 * qd;
+      const bf16* key = k_s + (j * 8 + (lane & 7)) * kLd + (lane >> 3) * 8;
       #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key + kk * 16);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + kk * 16 + 8);
-        mma_16816(s[j], qa[kk], b0, b1);
+      for (int kk = 0; kk < D / 16; kk += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, key + kk * 16);
+        mma_16816(s[j], qa[kk], b[0], b[1]);
+        mma_16816(s[j], qa[kk + 1], b[2], b[3]);
       }
     }
     // Mask, scale to log2 units, running max per row.
@@ -218,17 +237,17 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
       o[n][2] *= alpha[1];
       o[n][3] *= alpha[1];
     }
-    // O += P·V: B fragments are V[keys 2q, 2q + 1 (+ 8)][dimension g], gathered in pairs.
-    const unsigned short* v16 = reinterpret_cast<const unsigned short*>(v_s);
+    // O += P·V: B fragments are V[keys 2q, 2q + 1 (+ 8)][dimension g], which a transposing
+    // ldmatrix of (keys kk*16 + 0 or 8.., dims n*8 or n*8 + 8..) delivers for two n at once.
     #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const unsigned short* vrow = v16 + (kk * 16 + 2 * qd) * kLd + g;
+      const bf16* vrow = v_s + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kLd + (lane >> 4) * 8;
       #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        const unsigned short* v = vrow + n * 8;
-        const uint32_t b0 = static_cast<uint32_t>(v[0]) | static_cast<uint32_t>(v[kLd]) << 16;
-        const uint32_t b1 = static_cast<uint32_t>(v[8 * kLd]) | static_cast<uint32_t>(v[9 * kLd]) << 16;
-        mma_16816(o[n], pa[kk], b0, b1);
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, vrow + n * 8);
+        mma_16816(o[n], pa[kk], b[0], b[1]);
+        mma_16816(o[n + 1], pa[kk], b[2], b[3]);
       }
     }
     __syncthreads();  // every warp is done with this buffer before it is refilled

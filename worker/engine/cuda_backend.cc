@@ -391,9 +391,19 @@ Status CudaBackend::begin_step(const StepLayout& layout) {
   m.table_width = width;
   m.num_rows = n;
   ++m.step;
-  TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.meta_dev, m.meta_host, static_cast<size_t>(m.meta_bytes), cudaMemcpyHostToDevice,
-                                      m.stream),
+  // Only this step's rows: the five int32 arrays as one strided copy, the slots, the tiles.
+  const auto pitch = static_cast<size_t>(m.capacity) * 4;
+  TESSERA_CUDA_RETURN(cudaMemcpy2DAsync(m.meta_dev, pitch, m.meta_host, pitch, static_cast<size_t>(n) * 4, 5,
+                                        cudaMemcpyHostToDevice, m.stream),
                       "step metadata upload");
+  TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.slots_dev(), m.slots_host(), static_cast<size_t>(n) * 8, cudaMemcpyHostToDevice,
+                                      m.stream),
+                      "step slots upload");
+  if (m.num_tiles > 0) {
+    TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.tiles_dev(), m.tiles_host(), m.tiles.size() * sizeof(kcu::PrefillTile),
+                                        cudaMemcpyHostToDevice, m.stream),
+                        "prefill tile upload");
+  }
   TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.tables_dev, m.tables_host, layout.sequences.size() * static_cast<size_t>(width) * 4,
                                       cudaMemcpyHostToDevice, m.stream),
                       "block table upload");
