@@ -96,29 +96,16 @@ class Load:
         return [t.name for t in self.threads if t.is_alive()]
 
 
+def router_samples(router_metrics_port: int, name: str, label: str) -> dict[str, float]:
+    """{label value: sample value} of one metric on the router's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{router_metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {s.labels[label]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == name}
+
+
 def generated_tokens_by_group(router_metrics_port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{router_metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "tessera_generation_tokens_total":
-                out[s.labels["group"]] = s.value
-    return out
-
-
-def running_by_group(router_metrics_port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{router_metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {s.labels["group"]: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == "tessera_num_requests_running"}
-
-
-def finished_by_reason(router_metrics_port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{router_metrics_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {s.labels["finished_reason"]: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == "tessera_request_success_total"}
+    return router_samples(router_metrics_port, "tessera_generation_tokens_total", "group")
 
 
 def measure(router_metrics_port: int, seconds: float) -> dict[str, float]:
@@ -184,7 +171,7 @@ def test_a_second_worker_group_attaches_under_load_and_leaves_cleanly(binary, te
 
         # Stop the second group under load: SIGTERM drains it (the router finishes its requests
         # and gives it no new ones), then it exits by itself.
-        g1_running_at_stop = running_by_group(router_metrics)["g1"]
+        g1_running_at_stop = router_samples(router_metrics, "tessera_num_requests_running", "group")["g1"]
         g1.popen.send_signal(15)
         g1.popen.wait(timeout=30)
         g1_exit = g1.popen.returncode
@@ -194,7 +181,7 @@ def test_a_second_worker_group_attaches_under_load_and_leaves_cleanly(binary, te
         num_sent = load.num_sent
         load = None
         channel.close()
-        reasons = finished_by_reason(router_metrics)
+        reasons = router_samples(router_metrics, "tessera_request_success_total", "finished_reason")
         router_ready = http_status(router_metrics, "/ready")
     finally:
         if load is not None:
