@@ -13,7 +13,7 @@ Status decode_attention(const DecodeAttentionParams& p, Stream stream) {
       p.num_q_heads == 0) {
     return invalid_argument("cuda decode_attention: query heads must be 1 to 8 per KV head");
   }
-  if (p.num_seqs < 0 || p.page_size <= 0 || p.max_pages_per_seq <= 0 || !(p.scale > 0.0f) || p.sliding_window < 0 ||
+  if (p.num_seqs < 0 || p.page_size <= 0 || p.page_size > INT32_MAX || p.max_pages_per_seq <= 0 || !(p.scale > 0.0f) || p.sliding_window < 0 ||
       (p.q_stride != 0 && p.q_stride < p.num_q_heads * p.head_dim)) {
     return invalid_argument("cuda decode_attention: bad shape, stride, window or scale");
   }

@@ -75,7 +75,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
     __syncthreads();  // the previous chunk's weights are consumed; q_s and m_s are ready
     for (int i = threadIdx.x; i < n; i += kThreads) {
       const int64_t t = c0 + i;
-      slot_s[i] = static_cast<int64_t>(pages[t / p.page_size]) * p.page_size + t % p.page_size;
+      const int tt = static_cast<int>(t), ps = static_cast<int>(p.page_size);  // 32-bit division
+      slot_s[i] = static_cast<int64_t>(pages[tt / ps]) * ps + tt % ps;
     }
     __syncthreads();
     // Logits: kLanesPerToken lanes per token, each with 32 dimensions of its K row.

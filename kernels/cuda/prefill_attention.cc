@@ -11,7 +11,7 @@ Status prefill_attention(const PrefillAttentionParams& p, Stream stream) {
   if (p.num_kv_heads <= 0 || p.num_q_heads <= 0 || p.num_q_heads % p.num_kv_heads != 0) {
     return invalid_argument("cuda prefill_attention: query heads must be a multiple of the KV heads");
   }
-  if (p.num_tiles < 0 || p.page_size <= 0 || p.max_pages_per_seq <= 0 || !(p.scale > 0.0f) || p.sliding_window < 0 ||
+  if (p.num_tiles < 0 || p.page_size <= 0 || p.page_size > INT32_MAX || p.max_pages_per_seq <= 0 || !(p.scale > 0.0f) || p.sliding_window < 0 ||
       (p.q_stride != 0 && p.q_stride < p.num_q_heads * p.head_dim)) {
     return invalid_argument("cuda prefill_attention: bad shape, stride, window or scale");
   }

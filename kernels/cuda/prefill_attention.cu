@@ -13,7 +13,7 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kRows = kPrefillTileRows;  // query rows per block
 constexpr int kKeys = 64;                // keys per K/V tile
-constexpr int kWarps = 4;                // each owns 16 query rows
+constexpr int kWarps = 8;                // each owns 16 query rows
 constexpr int kThreads = kWarps * 32;
 static_assert(kRows == kWarps * 16, "one 16-row MMA strip per warp");
 
@@ -125,11 +125,11 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   // Running max (log2 units) and sum of rows g and g + 8; the four lanes of a quad agree.
   float m_row[2] = {-FLT_MAX, -FLT_MAX}, l_row[2] = {0.0f, 0.0f};
   const int r_local[2] = {warp * 16 + g, warp * 16 + g + 8};
-  int64_t pos[2], row_lo[2];
+  int pos[2], row_lo[2];  // positions fit in int32 (the context is at most 2^31)
   #pragma unroll
   for (int h = 0; h < 2; ++h) {
     pos[h] = r_local[h] < tile.num_rows ? tile.first_pos + r_local[h] : -1;  // -1: no row, attends to nothing
-    row_lo[h] = p.sliding_window > 0 ? pos[h] + 1 - p.sliding_window : 0;
+    row_lo[h] = p.sliding_window > 0 ? pos[h] + 1 - static_cast<int>(p.sliding_window) : 0;
   }
   const float scale_log2 = p.scale * 1.4426950408889634f;  // exp(x) = exp2(x · log2 e)
 
@@ -148,7 +148,9 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
       const bool inside = t < hi;
       int64_t at = 0;
       if (inside) {
-        const int64_t slot = static_cast<int64_t>(pages[t / p.page_size]) * p.page_size + t % p.page_size;
+        // 32-bit division: a 64-bit one is a long software sequence, here once per 16 bytes.
+        const int tt = static_cast<int>(t), ps = static_cast<int>(p.page_size);
+        const int64_t slot = static_cast<int64_t>(pages[tt / ps]) * ps + tt % ps;
         at = (slot * p.num_kv_heads + kv_head) * D + c * 8;
       }
       cp_async16(k_dst + j * kLd + c * 8, p.k_cache + at, inside);
@@ -187,15 +189,17 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
         mma_16816(s[j], qa[kk + 1], b[2], b[3]);
       }
     }
-    // Mask, scale to log2 units, running max per row.
+    // Mask (only tiles that reach past the first row or below a window need it), scale to
+    // log2 units, running max per row.
+    const bool whole = k0 + kKeys - 1 <= tile.first_pos && p.sliding_window == 0;
     float tile_max[2] = {-FLT_MAX, -FLT_MAX};
     #pragma unroll
     for (int j = 0; j < kKeys / 8; ++j) {
       #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int h = e >> 1;
-        const int64_t t = k0 + j * 8 + 2 * qd + (e & 1);
-        const bool keep = t <= pos[h] && t >= row_lo[h];
+        const int t = static_cast<int>(k0) + j * 8 + 2 * qd + (e & 1);
+        const bool keep = whole || (t <= pos[h] && t >= row_lo[h]);
         s[j][e] = keep ? s[j][e] * scale_log2 : -FLT_MAX;
         tile_max[h] = fmaxf(tile_max[h], s[j][e]);
       }

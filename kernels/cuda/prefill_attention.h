@@ -1,5 +1,5 @@
 // Paged prefill attention on the GPU, flash-attention-2 style: a block takes a tile of up
-// to 64 query tokens of one sequence and one query head, walks that sequence's cached K/V
+// to 128 query tokens of one sequence and one query head, walks that sequence's cached K/V
 // in tiles of 64 tokens (gathered from its pages into shared memory), computes the tile's
 // logits with bf16 tensor-core MMAs (mma.sync m16n8k16, fp32 accumulation), keeps a running
 // softmax per query row in fp32 registers, and accumulates P·V with MMAs into registers

@@ -13,7 +13,7 @@ namespace tessera::kernels::cuda {
 // whose first row sits at position first_pos[t] of sequence table_row[t]; row i of the
 // tile attends causally to that sequence's cached tokens [lo, first_pos + i] (itself
 // included: its K and V were written to the cache first; lo from sliding_window).
-inline constexpr int kPrefillTileRows = 64;
+inline constexpr int kPrefillTileRows = 128;
 
 struct PrefillTile {
   int32_t row_begin = 0;

@@ -132,7 +132,8 @@ TEST_CASE("prefill attention matches a float64 reference", "[cuda][attention]") 
       // row, a fresh prompt not a multiple of the tile.
       {2, 4, 128, 16, 0, {{37, 100}, {500, 1}, {0, 200}}},
       {3, 1, 64, 1, 0, {{0, 130}, {10, 5}}},           // token-level pages
-      {1, 8, 128, 16, 0, {{0, 64}, {64, 64}}},          // exact tiles, group 8
+      {1, 8, 128, 16, 0, {{0, 64}, {64, 64}}},          // half tiles, group 8
+      {2, 4, 128, 16, 0, {{0, 256}, {300, 128}}, 3},    // whole tiles (128 rows), over a prefix
       {2, 2, 64, 16, 50, {{0, 150}, {120, 33}}},        // sliding window
       {1, 4, 128, 16, 0, {{0, 2048}}, 97},              // a long prompt, rows sampled
       {1, 4, 64, 16, 0, {{3000, 80}}, 7},               // a long cached prefix
