@@ -7,12 +7,14 @@
 //
 //   tessera-bench-cuda-engine --model PATH [--load-format auto|gguf|dummy] [--batches 1,8,32]
 //       [--contexts 128,1024] [--steps 32] [--prefill 512,2048] [--no-graphs]
+//       [--temperature T --top-p P]
 //       [--gpu-memory-utilization 0.9]
 //
 // PATH: a GGUF file, a Hugging Face directory, or (with --load-format dummy) a config.json
 // or its directory filled with seeded random bf16 weights. Decode contexts are made with
 // the prefix-cache path (the first C-1 tokens' KV counts as cached, zeros), so only the
-// decode steps run; greedy sampling on the device, as a served greedy request does.
+// decode steps run; greedy sampling on the device, as a served greedy request does (with
+// --temperature, decode rows are sampled on the device with that temperature and top-p).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -119,6 +121,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> prefills{512, 2048, 8192};
   std::vector<int64_t> contexts{1024};
   int64_t steps = 32;
+  float temperature = 0.0f, top_p = 1.0f;
   EngineOptions o;
   o.device = EngineDevice::kCuda;
   for (int i = 1; i < argc; ++i) {
@@ -137,6 +140,8 @@ int main(int argc, char** argv) {
     else if (a == "--contexts") contexts = parse_list(value());
     else if (a == "--steps") steps = std::atoll(value());
     else if (a == "--no-graphs") o.cuda_graphs = false;
+    else if (a == "--temperature") temperature = static_cast<float>(std::atof(value()));
+    else if (a == "--top-p") top_p = static_cast<float>(std::atof(value()));
     else if (a == "--gpu-memory-utilization") o.gpu_memory_utilization = std::atof(value());
     else die("unknown argument " + a);
   }
@@ -187,7 +192,9 @@ int main(int argc, char** argv) {
       ids.push_back(ns.seq_id);
       for (int64_t t = 0; t < context; ++t) ns.token_ids.push_back(token(rng));
       ns.num_prompt_tokens = static_cast<uint32_t>(context);
-      ns.sampling.temperature = 0;
+      ns.sampling.temperature = temperature;
+      ns.sampling.top_p = top_p;
+      ns.sampling.seed = ns.seq_id;
       for (int64_t p = 0; p < pages_per_seq; ++p) ns.cached_pages.push_back(static_cast<int32_t>(s * pages_per_seq + p));
       ns.num_cached_tokens = static_cast<uint32_t>(context - 1);
       first.scheduled.push_back({ns.seq_id, static_cast<uint32_t>(context - 1), 1, {}, true});

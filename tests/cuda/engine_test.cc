@@ -156,6 +156,8 @@ TEST_CASE("CUDA graph steps produce the same tokens as eager steps", "[cuda][eng
 }
 
 TEST_CASE("CUDA engine sampling is seeded and reproducible", "[cuda][engine]") {
+  // Sampled on the device (top-p; top-k with penalties; min-p with a logit bias), and one
+  // request with logprobs, which samples on the host from downloaded logits.
   const auto prompts = testing::load_reference_prompts();
   auto gpu = testing::load_test_model(cuda_options(true));
   std::vector<GenerationRequest> reqs;
@@ -167,6 +169,19 @@ TEST_CASE("CUDA engine sampling is seeded and reproducible", "[cuda][engine]") {
     r.sampling.seed = 1234 + i;
     r.max_tokens = 16;
     r.ignore_eos = true;
+    if (i == 1) {
+      r.sampling.top_k = 40;
+      r.sampling.repetition_penalty = 1.2f;
+      r.sampling.frequency_penalty = 0.5f;
+    }
+    if (i == 2) {
+      r.sampling.min_p = 0.05f;
+      r.sampling.logit_bias = {{prompts[i].token_ids.back(), 3.0f}};
+    }
+    if (i == 3) {
+      r.sampling.logprobs = true;
+      r.sampling.num_top_logprobs = 2;
+    }
     reqs.push_back(r);
   }
   OfflineRunner a(*gpu, {}), b(*gpu, {});
@@ -175,9 +190,13 @@ TEST_CASE("CUDA engine sampling is seeded and reproducible", "[cuda][engine]") {
   REQUIRE(ra.is_ok());
   REQUIRE(rb.is_ok());
   for (size_t i = 0; i < reqs.size(); ++i) {
+    REQUIRE((*ra)[i].error.is_ok());
     REQUIRE((*ra)[i].tokens.size() == 16);
     CHECK((*ra)[i].tokens == (*rb)[i].tokens);
   }
+  REQUIRE((*ra)[3].samples.size() == 16);
+  CHECK((*ra)[3].samples[0].has_logprobs);
+  CHECK((*ra)[3].samples[0].top.size() == 2);
 }
 
 TEST_CASE("CUDA engine refuses a device that does not exist", "[cuda][engine]") {

@@ -21,12 +21,16 @@
 
 #include "kernels/cpu/float_ops.h"
 #include "kernels/cpu/ggml_types.h"
+#include "kernels/cuda/sampling_params.h"
 #include "tessera/common/status.h"
 
 namespace tessera::engine {
 
 using kernels::cpu::GgmlType;
 using kernels::cpu::RopeStyle;
+// A row to sample on the device and a logit edit (sampler.h's device_row() makes them).
+using DeviceSamplingRow = kernels::cuda::SamplingRowParams;
+using LogitEdit = kernels::cuda::LogitEdit;
 
 // Element type of the KV cache: 16-bit by default (half the memory traffic of attention;
 // fp16 on the CPU, bf16 on CUDA), float32 for the CPU reference path.
@@ -177,12 +181,20 @@ class Backend {
   // Copies count elements from backend memory to host floats (logits), waiting for the step.
   [[nodiscard]] virtual Status download(Act src, int64_t count, std::span<float> dst) = 0;
   // The index of each row's largest logit (lowest index among equal maxima; NaN never
-  // wins), waiting for the step: greedy sampling without moving the logits. Only backends
+  // wins; -1 for a row without a usable logit), waiting for the step: greedy sampling without moving the logits. Only backends
   // where that saves a copy implement it (device_argmax() true).
   virtual bool device_argmax() const { return false; }
   [[nodiscard]] virtual Status argmax(Act /*logits*/, int64_t /*rows*/, int64_t /*vocab*/,
                                       std::span<int32_t> /*out*/) {
     return unimplemented(name() + ": no device argmax");
+  }
+  // Samples each row of logits [rows.size(), vocab] as SequenceSampler::sample() would
+  // (without logprobs), waiting for the step; out[i] is -1 where a row has no usable
+  // logit. Only backends where that saves moving the logits implement it.
+  virtual bool device_sampling() const { return false; }
+  [[nodiscard]] virtual Status sample(Act /*logits*/, int64_t /*vocab*/, std::span<const DeviceSamplingRow> /*rows*/,
+                                      std::span<const LogitEdit> /*edits*/, std::span<int32_t> /*out*/) {
+    return unimplemented(name() + ": no device sampling");
   }
 };
 

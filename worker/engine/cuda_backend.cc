@@ -95,6 +95,12 @@ struct CudaBackend::Impl {
   void* staging = nullptr;
   size_t staging_bytes = 0;
   int32_t* argmax_dev = nullptr;
+  // Device sampling: per-row parameters and logit edits (uploaded through `staging`), and
+  // an fp32 copy of the rows being sampled.
+  std::byte* sample_params_dev = nullptr;
+  int64_t sample_params_bytes = 0;
+  float* sample_workspace = nullptr;
+  int64_t sample_workspace_floats = 0;
 
   bool capturing = false;
   std::unordered_map<uint64_t, cudaGraphExec_t> graphs;
@@ -600,9 +606,63 @@ Status CudaBackend::argmax(Act logits, int64_t rows, int64_t vocab, std::span<in
                       "argmax download");
   TESSERA_CUDA_RETURN(cudaStreamSynchronize(m.stream), "step");
   std::memcpy(out.data(), m.staging, static_cast<size_t>(rows) * 4);
-  for (int64_t i = 0; i < rows; ++i) {
-    if (out[static_cast<size_t>(i)] < 0) return internal_error("cuda argmax: a row of logits is all NaN or -inf");
+  return Status::ok();
+}
+
+Status CudaBackend::sample(Act logits, int64_t vocab, std::span<const DeviceSamplingRow> rows,
+                           std::span<const LogitEdit> edits, std::span<int32_t> out) {
+  Impl& m = *impl_;
+  const auto n = static_cast<int64_t>(rows.size());
+  if (static_cast<int64_t>(out.size()) < n || n > m.capacity) return invalid_argument("cuda sample: bad size");
+  if (n == 0) return Status::ok();
+  // Parameters then edits, one upload; buffers grow (outside graphs: sampling follows them).
+  const int64_t rows_bytes = align_up(n * static_cast<int64_t>(sizeof(DeviceSamplingRow)));
+  const int64_t bytes = rows_bytes + static_cast<int64_t>(edits.size_bytes());
+  if (bytes > m.sample_params_bytes) {
+    TESSERA_CUDA_RETURN(cudaStreamSynchronize(m.stream), "synchronize");
+    if (m.sample_params_dev) {
+      std::erase(m.allocations, static_cast<void*>(m.sample_params_dev));
+      cudaFree(m.sample_params_dev);
+    }
+    auto p = m.device_alloc(std::max(bytes, int64_t{1} << 16), "sampling parameters");
+    if (!p) return p.status();
+    m.sample_params_dev = static_cast<std::byte*>(*p);
+    m.sample_params_bytes = std::max(bytes, int64_t{1} << 16);
   }
+  if (n * vocab > m.sample_workspace_floats) {
+    TESSERA_CUDA_RETURN(cudaStreamSynchronize(m.stream), "synchronize");
+    if (m.sample_workspace) {
+      std::erase(m.allocations, static_cast<void*>(m.sample_workspace));
+      cudaFree(m.sample_workspace);
+    }
+    const int64_t floats = std::max(n, m.options.max_sequences) * vocab;
+    auto p = m.device_alloc(floats * 4, "sampling workspace");
+    if (!p) return p.status();
+    m.sample_workspace = static_cast<float*>(*p);
+    m.sample_workspace_floats = floats;
+  }
+  TESSERA_RETURN_IF_ERROR(m.ensure_staging(static_cast<size_t>(std::max<int64_t>(bytes, n * 4))));
+  std::memcpy(m.staging, rows.data(), rows.size_bytes());
+  std::memcpy(static_cast<std::byte*>(m.staging) + rows_bytes, edits.data(), edits.size_bytes());
+  TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.sample_params_dev, m.staging, static_cast<size_t>(bytes), cudaMemcpyHostToDevice,
+                                      m.stream),
+                      "sampling parameters upload");
+  kcu::SampleParams p;
+  p.logits = logits.as<const Bf16>();
+  p.stride = vocab;
+  p.row_params = reinterpret_cast<const DeviceSamplingRow*>(m.sample_params_dev);
+  p.edits = reinterpret_cast<const LogitEdit*>(m.sample_params_dev + rows_bytes);
+  p.workspace = m.sample_workspace;
+  p.out = m.argmax_dev;
+  p.rows = n;
+  p.vocab = vocab;
+  TESSERA_RETURN_IF_ERROR(kcu::sample(p, m.stream));
+  // The staging buffer is read by the upload above; the stream orders the copy back after it.
+  TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.staging, m.argmax_dev, static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost,
+                                      m.stream),
+                      "sampled tokens download");
+  TESSERA_CUDA_RETURN(cudaStreamSynchronize(m.stream), "step");
+  std::memcpy(out.data(), m.staging, static_cast<size_t>(n) * 4);
   return Status::ok();
 }
 

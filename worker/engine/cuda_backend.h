@@ -61,6 +61,9 @@ class CudaBackend final : public Backend {
   Status download(Act src, int64_t count, std::span<float> dst) override;
   bool device_argmax() const override { return true; }
   Status argmax(Act logits, int64_t rows, int64_t vocab, std::span<int32_t> out) override;
+  bool device_sampling() const override { return true; }
+  Status sample(Act logits, int64_t vocab, std::span<const DeviceSamplingRow> rows, std::span<const LogitEdit> edits,
+                std::span<int32_t> out) override;
 
   // ---- CUDA graphs of whole steps ----
   // Block tables of graph steps are laid out `graph_table_width` pages wide so a graph's

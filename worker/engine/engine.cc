@@ -278,17 +278,32 @@ Result<StepOutput> Engine::step(const StepInput& in) {
   for (const ScheduledSlice& sl : in.scheduled) {
     if (sl.sample) out.sampled[si++].seq_id = sl.seq_id;
   }
-  // Greedy fast path: when every row is plain argmax, a device backend picks the tokens
-  // where the logits are and only the ids travel.
+  // On the device: greedy rows by argmax when every row is plain greedy, else the full
+  // sampler; only the ids travel. Logprobs need the whole row here, so they come down.
   const bool all_greedy =
       backend_->device_argmax() && !in.return_logits &&
       std::all_of(sampled.begin(), sampled.end(), [](const Sequence* s) { return s->sampler->plain_greedy(); });
-  if (all_greedy && num_sampled > 0) {
-    greedy_ids_.resize(static_cast<size_t>(num_sampled));
-    TESSERA_RETURN_IF_ERROR(backend_->argmax(model_->logits(), num_sampled, vocab, greedy_ids_));
+  const bool on_device =
+      all_greedy || (backend_->device_sampling() && !in.return_logits &&
+                     std::none_of(sampled.begin(), sampled.end(),
+                                  [](const Sequence* s) { return s->sampler->options().logprobs; }));
+  if (on_device && num_sampled > 0) {
+    device_ids_.resize(static_cast<size_t>(num_sampled));
+    if (all_greedy) {
+      TESSERA_RETURN_IF_ERROR(backend_->argmax(model_->logits(), num_sampled, vocab, device_ids_));
+    } else {
+      device_rows_.clear();
+      device_edits_.clear();
+      for (const Sequence* seq : sampled) device_rows_.push_back(seq->sampler->device_row(device_edits_));
+      TESSERA_RETURN_IF_ERROR(backend_->sample(model_->logits(), vocab, device_rows_, device_edits_, device_ids_));
+    }
     for (int64_t i = 0; i < num_sampled; ++i) {
       Sequence& seq = *sampled[static_cast<size_t>(i)];
-      const int32_t token = greedy_ids_[static_cast<size_t>(i)];
+      const int32_t token = device_ids_[static_cast<size_t>(i)];
+      if (token < 0) {  // as on the CPU: this sequence fails, the rest of the batch goes on
+        out.sampled[static_cast<size_t>(i)].status = internal_error("sampler: logits are all NaN or -inf");
+        continue;
+      }
       seq.sampler->accept(token);
       seq.tokens.push_back(token);
       out.sampled[static_cast<size_t>(i)].sample.token_id = token;

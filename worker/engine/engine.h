@@ -169,7 +169,9 @@ class Engine {
   std::vector<int64_t> slots_;
   std::vector<StepSequence> step_sequences_;
   std::vector<float> logits_;
-  std::vector<int32_t> greedy_ids_;
+  std::vector<int32_t> device_ids_;
+  std::vector<DeviceSamplingRow> device_rows_;
+  std::vector<LogitEdit> device_edits_;
 };
 
 }  // namespace tessera::engine

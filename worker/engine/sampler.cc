@@ -408,6 +408,38 @@ bool SequenceSampler::penalties_enabled() const {
   return options_.repetition_penalty != 1.0f || options_.presence_penalty != 0.0f || options_.frequency_penalty != 0.0f;
 }
 
+kernels::cuda::SamplingRowParams SequenceSampler::device_row(std::vector<kernels::cuda::LogitEdit>& edits) const {
+  kernels::cuda::SamplingRowParams row;
+  row.temperature = options_.temperature;
+  row.top_k = options_.top_k;
+  row.top_p = options_.top_p;
+  row.min_p = options_.min_p;
+  row.repetition_penalty = options_.repetition_penalty;
+  row.u = sampling_uniform(options_.seed, num_output_tokens_);
+  row.edits_begin = static_cast<int32_t>(edits.size());
+  std::unordered_map<int32_t, std::size_t> at;  // token -> its edit
+  auto edit = [&](int32_t id) -> kernels::cuda::LogitEdit& {
+    auto [it, fresh] = at.emplace(id, edits.size());
+    if (fresh) edits.push_back({id});
+    return edits[it->second];
+  };
+  for (const auto& [id, bias] : options_.logit_bias) edit(id).bias += bias;
+  for (const auto& [id, seen] : seen_) {
+    kernels::cuda::LogitEdit& e = edit(id);
+    e.repeated = 1;
+    if (seen.output_count > 0) {
+      e.subtract = options_.presence_penalty + options_.frequency_penalty * static_cast<float>(seen.output_count);
+    }
+  }
+  if (num_output_tokens_ < options_.min_tokens) {
+    for (int32_t id : options_.banned_before_min_tokens) {
+      if (id >= 0 && static_cast<uint32_t>(id) < vocab_size_) edit(id).banned = 1;
+    }
+  }
+  row.edits_count = static_cast<int32_t>(edits.size()) - row.edits_begin;
+  return row;
+}
+
 bool SequenceSampler::plain_greedy() const {
   return options_.temperature < kMinTemperature && options_.logit_bias.empty() && !penalties_enabled() &&
          !options_.logprobs && (num_output_tokens_ >= options_.min_tokens || options_.banned_before_min_tokens.empty());

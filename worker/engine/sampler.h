@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/sampling_params.h"
 #include "tessera/common/status.h"
 
 namespace tessera::engine {
@@ -95,7 +96,12 @@ class SequenceSampler {
   // penalties, no logprobs and no min_tokens ban left. A device backend may then pick the
   // token itself and hand it to accept().
   bool plain_greedy() const;
-  // Records a token chosen outside sample() (only valid when plain_greedy()).
+  // What a device needs to sample this sequence's next token as sample() would (without
+  // logprobs): the row's parameters, with the draw's u, and its logit edits (logit_bias,
+  // penalties from the tokens seen so far, the min_tokens ban), appended to `edits`.
+  kernels::cuda::SamplingRowParams device_row(std::vector<kernels::cuda::LogitEdit>& edits) const;
+  // Records a token chosen outside sample() (by argmax when plain_greedy(), or on a device
+  // from device_row()): penalties see it next time and the random stream advances.
   void accept(int32_t token_id) { record_output(token_id); }
 
   uint32_t num_output_tokens() const { return num_output_tokens_; }
