@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "kernels/cuda/layer_ops_params.h"
+#include "kernels/cuda/decode_attention_params.h"
 
 namespace tessera::kernels::cuda {
 
@@ -22,22 +22,9 @@ struct PrefillTile {
   int32_t table_row = 0;
 };
 
-struct PrefillAttentionParams {
-  const Bf16* q = nullptr;              // [rows, q_stride]: num_q_heads heads of head_dim
-  int64_t q_stride = 0;                 // 0: num_q_heads * head_dim
-  const Bf16* k_cache = nullptr;        // [num_slots, num_kv_heads, head_dim]
-  const Bf16* v_cache = nullptr;
-  const int32_t* block_tables = nullptr;  // [*, max_pages_per_seq] page ids
-  const PrefillTile* tiles = nullptr;     // [num_tiles], device memory
-  Bf16* out = nullptr;                    // [rows, num_q_heads * head_dim]
+struct PrefillAttentionParams : PagedAttention {
+  const PrefillTile* tiles = nullptr;  // [num_tiles], device memory
   int64_t num_tiles = 0;
-  int64_t num_q_heads = 0;
-  int64_t num_kv_heads = 0;
-  int64_t head_dim = 0;  // 64 or 128
-  int64_t page_size = 0;
-  int64_t max_pages_per_seq = 0;
-  float scale = 0.0f;
-  int64_t sliding_window = 0;  // > 0: a row attends to its last sliding_window tokens only
 };
 
 namespace launch {

@@ -57,23 +57,33 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // Device-to-device copy rate (bytes read + written per second) of a 1 GiB cudaMemcpy.
-double copy_rate() {
-  const size_t bytes = size_t{1} << 30;
-  void *a = nullptr, *b = nullptr;
-  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) die("cudaMalloc for the copy rate");
+// The fastest of `runs` timed calls of f (CUDA events), after `warm` untimed ones.
+template <typename F>
+double best_ms(int warm, int runs, F f) {
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
+  for (int i = 0; i < warm; ++i) f();
   float best = 1e30f;
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < runs; ++i) {
     cudaEventRecord(start);
-    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    f();
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0;
     cudaEventElapsedTime(&ms, start, stop);
-    if (i > 0) best = std::min(best, ms);
+    best = std::min(best, ms);
   }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return best;
+}
+
+double copy_rate() {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) die("cudaMalloc for the copy rate");
+  const double best = best_ms(1, 5, [&] { cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice); });
   cudaFree(a);
   cudaFree(b);
   return 2.0 * static_cast<double>(bytes) / (best * 1e-3);
@@ -93,19 +103,7 @@ double gemm_rate() {
   for (auto& x : host) x = static_cast<uint16_t>(0x3c00 + (rng() & 0xff));  // bf16 around 0.008..0.016
   cudaMemcpy(a, host.data(), n * n * 2, cudaMemcpyHostToDevice);
   cudaMemcpy(w, host.data(), n * n * 2, cudaMemcpyHostToDevice);
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  float best = 1e30f;
-  for (int i = 0; i < 8; ++i) {
-    cudaEventRecord(start);
-    check((*gemm)->run({a, w, c, n, n, n}, nullptr), "square gemm");
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    if (i > 1) best = std::min(best, ms);
-  }
+  const double best = best_ms(2, 6, [&] { check((*gemm)->run({a, w, c, n, n, n}, nullptr), "square gemm"); });
   cudaFree(a);
   cudaFree(w);
   cudaFree(c);

@@ -31,18 +31,6 @@ EngineOptions cuda_options(bool graphs) {
   return o;
 }
 
-std::vector<GenerationRequest> greedy_requests(const std::vector<testing::ReferencePrompt>& prompts, uint32_t n) {
-  std::vector<GenerationRequest> reqs;
-  for (const auto& p : prompts) {
-    GenerationRequest r;
-    r.prompt = p.token_ids;
-    r.sampling.temperature = 0;
-    r.max_tokens = n;
-    r.ignore_eos = true;
-    reqs.push_back(r);
-  }
-  return reqs;
-}
 
 // What bf16 transformers achieves against its float32 self (the fixture's `bf16` variant).
 struct Bf16Reference {
@@ -82,7 +70,7 @@ TEST_CASE("CUDA engine logits and greedy continuations match the references", "[
   cpu_options.kv_cache_tokens = 20 * 512;
   auto cpu = testing::load_test_model(cpu_options);
 
-  const auto reqs = greedy_requests(prompts, 32);
+  const auto reqs = testing::greedy_requests(prompts, 32);
   // With logits kept, every step downloads them; without, greedy rows are picked on the
   // device and decode steps replay CUDA graphs.
   OfflineRunner gpu_logits_runner(*gpu, {.keep_first_logits = true});
@@ -141,7 +129,7 @@ TEST_CASE("CUDA graph steps produce the same tokens as eager steps", "[cuda][eng
   // Batches of 1, 5 and 20 sequences: padded to graph buckets 1, 8 and 24.
   for (size_t count : {size_t{1}, size_t{5}, size_t{20}}) {
     const std::vector<testing::ReferencePrompt> some(prompts.begin(), prompts.begin() + static_cast<long>(count));
-    const auto reqs = greedy_requests(some, 24);
+    const auto reqs = testing::greedy_requests(some, 24);
     OfflineRunner a(*eager, {}), b(*graphs, {});
     auto ra = a.run(reqs);
     auto rb = b.run(reqs);

@@ -516,16 +516,14 @@ Status CudaBackend::attention(const AttentionOp& op) {
   r.style = op.rope_style == RopeStyle::kHalf ? kcu::RopeStyle::kHalf : kcu::RopeStyle::kInterleaved;
   TESSERA_RETURN_IF_ERROR(kcu::rope_and_cache_kv(r, m.stream));
 
-  if (m.num_tiles > 0) {
-    kcu::PrefillAttentionParams a;
+  // What both kernels read; then the prefill tiles, or the decode rows and split.
+  auto fill = [&](kcu::PagedAttention& a) {
     a.q = op.q.as<const Bf16>();
     a.q_stride = op.row_stride;
     a.k_cache = m.layer_k(op.layer);
     a.v_cache = m.layer_v(op.layer);
     a.block_tables = m.tables_dev;
-    a.tiles = m.tiles_dev();
     a.out = op.out.as<Bf16>();
-    a.num_tiles = m.num_tiles;
     a.num_q_heads = op.num_heads;
     a.num_kv_heads = op.num_kv_heads;
     a.head_dim = op.head_dim;
@@ -533,6 +531,12 @@ Status CudaBackend::attention(const AttentionOp& op) {
     a.max_pages_per_seq = m.table_width;
     a.scale = op.scale;
     a.sliding_window = op.sliding_window;
+  };
+  if (m.num_tiles > 0) {
+    kcu::PrefillAttentionParams a;
+    fill(a);
+    a.tiles = m.tiles_dev();
+    a.num_tiles = m.num_tiles;
     return kcu::prefill_attention(a, m.stream);
   }
   if (m.split_step != m.step) {
@@ -542,22 +546,10 @@ Status CudaBackend::attention(const AttentionOp& op) {
     m.split_step = m.step;
   }
   kcu::DecodeAttentionParams a;
-  a.q = op.q.as<const Bf16>();
-  a.q_stride = op.row_stride;
-  a.k_cache = m.layer_k(op.layer);
-  a.v_cache = m.layer_v(op.layer);
-  a.block_tables = m.tables_dev;
+  fill(a);
   a.seq_lens = m.seq_lens_dev();
   a.table_rows = m.table_rows_dev();
-  a.out = op.out.as<Bf16>();
   a.num_seqs = m.num_rows;
-  a.num_q_heads = op.num_heads;
-  a.num_kv_heads = op.num_kv_heads;
-  a.head_dim = op.head_dim;
-  a.page_size = m.kv.page_size;
-  a.max_pages_per_seq = m.table_width;
-  a.scale = op.scale;
-  a.sliding_window = op.sliding_window;
   a.split_tokens = m.split.split_tokens;
   a.max_splits = m.split.max_splits;
   a.workspace = m.split.workspace_bytes > 0 ? m.split_workspace : nullptr;

@@ -16,6 +16,7 @@
 
 #include "test_data.h"
 #include "worker/engine/engine.h"
+#include "worker/engine/offline_runner.h"
 
 namespace tessera::testing {
 
@@ -75,6 +76,20 @@ inline std::vector<ReferencePrompt> load_reference_prompts() {
     out.push_back(std::move(r));
   }
   return out;
+}
+
+// Greedy requests for the fixture prompts: n tokens each, past EOS.
+inline std::vector<engine::GenerationRequest> greedy_requests(const std::vector<ReferencePrompt>& prompts, uint32_t n) {
+  std::vector<engine::GenerationRequest> reqs;
+  for (const auto& p : prompts) {
+    engine::GenerationRequest r;
+    r.prompt = p.token_ids;
+    r.sampling.temperature = 0;
+    r.max_tokens = n;
+    r.ignore_eos = true;
+    reqs.push_back(r);
+  }
+  return reqs;
 }
 
 // max_i |ours_i - ref_i| / max_i |ref_i| (tests/fixtures/engine/README.md).

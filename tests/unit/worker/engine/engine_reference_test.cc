@@ -11,19 +11,6 @@ using namespace tessera::engine;
 
 namespace {
 
-std::vector<GenerationRequest> greedy_requests(const std::vector<testing::ReferencePrompt>& prompts, uint32_t n) {
-  std::vector<GenerationRequest> reqs;
-  for (const auto& p : prompts) {
-    GenerationRequest r;
-    r.prompt = p.token_ids;
-    r.sampling.temperature = 0;
-    r.max_tokens = n;
-    r.ignore_eos = true;
-    reqs.push_back(r);
-  }
-  return reqs;
-}
-
 std::unique_ptr<Engine> load(models::WeightMode mode) {
   EngineOptions o;
   o.weight_mode = mode;
@@ -42,7 +29,7 @@ TEST_CASE("engine (dequantized float32) matches the transformers reference", "[e
   REQUIRE(prompts.size() == 20);
   auto engine = load(models::WeightMode::kDequantizeF32);
   OfflineRunner runner(*engine, {.keep_first_logits = true});
-  const auto reqs = greedy_requests(prompts, 64);
+  const auto reqs = testing::greedy_requests(prompts, 64);
   auto results = runner.run(reqs);
   REQUIRE(results.is_ok());
   double worst = 0;
@@ -79,7 +66,7 @@ TEST_CASE("engine (native quantized path) stays close to the reference", "[engin
   const auto prompts = testing::load_reference_prompts();
   auto engine = load(models::WeightMode::kNative);
   OfflineRunner runner(*engine, {.keep_first_logits = true});
-  auto results = runner.run(greedy_requests(prompts, 1));
+  auto results = runner.run(testing::greedy_requests(prompts, 1));
   REQUIRE(results.is_ok());
   double worst = 0;
   int same_first = 0;
