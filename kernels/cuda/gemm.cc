@@ -148,6 +148,10 @@ Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes) {
 Status Gemm::run(const GemmParams& p, Stream stream) {
   if (p.m < 0 || p.n <= 0 || p.k <= 0 || (p.ldc != 0 && p.ldc < p.n)) return invalid_argument("cuda gemm: bad shape");
   const int64_t ldc = p.ldc > 0 ? p.ldc : p.n;
+  if (p.gate_up_silu && (p.m != 1 || p.k % 8 != 0 || p.accumulate ||
+                         (reinterpret_cast<uintptr_t>(p.a) | reinterpret_cast<uintptr_t>(p.w)) % 16 != 0)) {
+    return invalid_argument("cuda gemm: the fused gate/up/silu GEMV needs one row, k % 8 == 0 and 16-byte aligned A and W");
+  }
   if (p.m == 0) return Status::ok();
   if (!p.a || !p.w || !p.c) return invalid_argument("cuda gemm: null buffer");
   if (p.m <= launch::kGemvMaxRows && p.k % 8 == 0 &&

@@ -17,6 +17,10 @@ struct GemmParams {
   int64_t k = 0;
   bool accumulate = false;  // C += A·Wᵀ (a residual add folded into the projection)
   int64_t ldc = 0;          // elements between rows of C; 0: n (C may be a column slice)
+  // The MLP's first half for one row: W is [2n, k], the gate rows then the up rows, and
+  // C[j] = silu(gate_j) * up_j, each rounded to bf16 where the unfused path rounds (the
+  // two projections, silu, the product). Only m = 1 (the GEMV) takes it.
+  bool gate_up_silu = false;
 };
 
 namespace launch {

@@ -63,3 +63,38 @@ TEST_CASE("gemm refuses bad shapes and does nothing for no rows", "[cuda][gemm]"
   CHECK((*gemm)->run({nullptr, nullptr, nullptr, 4, 0, 8}, nullptr).code() == tessera::StatusCode::kInvalidArgument);
   CHECK((*gemm)->run({nullptr, nullptr, nullptr, 0, 8, 8}, nullptr).is_ok());
 }
+
+TEST_CASE("the one-row GEMV computes silu(gate)·up from stacked gate and up weights", "[cuda][gemm]") {
+  auto gemm = Gemm::create();
+  REQUIRE(gemm.is_ok());
+  std::mt19937 rng(23);
+  for (const int64_t n : {int64_t{100}, int64_t{1536}}) {
+    const int64_t k = 576;
+    INFO("n " << n << " k " << k);
+    const auto a = random_bf16(k, rng);
+    const auto w = random_bf16(2 * n * k, rng, 0.05f);  // gate rows, then up rows
+    DeviceBuffer<Bf16> d_a(a), d_w(w), d_c(n);
+    d_c.poison();
+    GemmParams p{d_a.ptr, d_w.ptr, d_c.ptr, 1, n, k};
+    p.gate_up_silu = true;
+    REQUIRE((*gemm)->run(p, nullptr).is_ok());
+    const auto c = d_c.download();
+    for (int64_t j = 0; j < n; ++j) {
+      double gate = 0, up = 0, scale = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        gate += static_cast<double>(to_float(a[i])) * to_float(w[j * k + i]);
+        up += static_cast<double>(to_float(a[i])) * to_float(w[(n + j) * k + i]);
+        scale += std::pow(to_float(a[i]) * to_float(w[j * k + i]), 2);
+      }
+      // Rounded where the unfused path rounds: each projection, silu, the product.
+      const double g = round_bf16(gate), u = round_bf16(up);
+      const double want = round_bf16(round_bf16(g / (1.0 + std::exp(-g))) * u);
+      // A projection off by its rounding moves the product by about that much times the other.
+      REQUIRE(close(c[j], want, std::max(std::abs(want), std::sqrt(scale) * std::max(std::abs(u), 1.0)), 4));
+    }
+  }
+  DeviceBuffer<Bf16> a(2 * 64), w(2 * 64 * 64), c(2 * 64);
+  GemmParams two{a.ptr, w.ptr, c.ptr, 2, 64, 64};
+  two.gate_up_silu = true;
+  CHECK((*gemm)->run(two, nullptr).code() == tessera::StatusCode::kInvalidArgument);
+}

@@ -172,6 +172,15 @@ class Backend {
   // Every target reads the same x [m, k].
   [[nodiscard]] virtual Status matmul(Act x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) = 0;
   [[nodiscard]] virtual Status attention(const AttentionOp& op) = 0;
+  // act [m, gate.n] = silu(x·gateᵀ) * (x·upᵀ), the MLP's first half; gate_up [m, 2 * gate.n]
+  // is scratch for the two projections (gate then up in each row). A backend may fuse it.
+  [[nodiscard]] virtual Status gate_up_silu(Act x, int64_t m, int64_t k, const WeightTensor& gate,
+                                            const WeightTensor& up, Act gate_up, Act act) {
+    const int64_t width = gate.n;
+    const MatmulTarget targets[] = {{&gate, gate_up, 2 * width, {}}, {&up, gate_up + width, 2 * width, {}}};
+    TESSERA_RETURN_IF_ERROR(matmul(x, m, k, targets));
+    return silu_mul(gate_up, act, m, width);
+  }
   // out = silu(gate) * up, where each row of gate_up [rows, 2 * width] holds gate then up.
   [[nodiscard]] virtual Status silu_mul(Act gate_up, Act out, int64_t rows, int64_t width) = 0;
   // x += scale * y over count elements.

@@ -560,6 +560,25 @@ Status CudaBackend::silu_mul(Act gate_up, Act out, int64_t rows, int64_t width) 
   return kcu::silu_mul({gate_up.as<const Bf16>(), out.as<Bf16>(), rows, width}, impl_->stream);
 }
 
+Status CudaBackend::gate_up_silu(Act x, int64_t m, int64_t k, const WeightTensor& gate, const WeightTensor& up,
+                                 Act gate_up, Act act) {
+  // One row, the up rows right after the gate rows: one GEMV writes the activation.
+  if (m == 1 && k % 8 == 0 && gate.type == GgmlType::kBF16 && up.type == GgmlType::kBF16 && gate.k == k &&
+      up.k == k && up.n == gate.n && up.data == gate.data + gate.bytes &&
+      (reinterpret_cast<uintptr_t>(x.data()) | reinterpret_cast<uintptr_t>(gate.data)) % 16 == 0) {
+    kcu::GemmParams p;
+    p.a = x.as<const Bf16>();
+    p.w = reinterpret_cast<const Bf16*>(gate.data);
+    p.c = act.as<Bf16>();
+    p.m = 1;
+    p.n = gate.n;
+    p.k = k;
+    p.gate_up_silu = true;
+    return impl_->gemm->run(p, impl_->stream);
+  }
+  return Backend::gate_up_silu(x, m, k, gate, up, gate_up, act);
+}
+
 Status CudaBackend::add(Act x, Act y, int64_t count, float scale) {
   return kcu::add({x.as<Bf16>(), y.as<const Bf16>(), count, scale}, impl_->stream);
 }

@@ -56,6 +56,8 @@ class CudaBackend final : public Backend {
   Status matmul(Act x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) override;
   Status attention(const AttentionOp& op) override;
   Status silu_mul(Act gate_up, Act out, int64_t rows, int64_t width) override;
+  Status gate_up_silu(Act x, int64_t m, int64_t k, const WeightTensor& gate, const WeightTensor& up, Act gate_up,
+                      Act act) override;
   Status add(Act x, Act y, int64_t count, float scale) override;
   Status gather_rows(Act src, std::span<const int32_t> rows, int64_t width, Act dst) override;
   Status download(Act src, int64_t count, std::span<float> dst) override;

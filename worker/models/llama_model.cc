@@ -368,9 +368,7 @@ Status LlamaModel::forward(const engine::StepLayout& layout) {
     const MatmulTarget o[] = {{&l.wo, h_, 0, {}}};
     TESSERA_RETURN_IF_ERROR(be.matmul(attn_, n, q_dim, o));
     TESSERA_RETURN_IF_ERROR(be.add_rms_norm(x_, h_, residual_scale, l.ffn_norm, eps, h_, n, hidden));
-    const MatmulTarget gate_up[] = {{&l.w_gate, gate_up_, 2 * inter, {}}, {&l.w_up, gate_up_ + inter, 2 * inter, {}}};
-    TESSERA_RETURN_IF_ERROR(be.matmul(h_, n, hidden, gate_up));
-    TESSERA_RETURN_IF_ERROR(be.silu_mul(gate_up_, act_, n, inter));
+    TESSERA_RETURN_IF_ERROR(be.gate_up_silu(h_, n, hidden, l.w_gate, l.w_up, gate_up_, act_));
     const MatmulTarget down[] = {{&l.w_down, h_, 0, {}}};
     TESSERA_RETURN_IF_ERROR(be.matmul(act_, n, inter, down));
     if (li + 1 < num_layers) {
