@@ -6,12 +6,13 @@ and the Server-Sent Events are parsed here, so every chunk is timestamped when i
 arrive. matplotlib is used for the PNG plots when it can be imported, and skipped otherwise.
 
 Definitions (per request; all times in seconds in the JSON, milliseconds in the table):
-  TTFT  request sent -> first SSE chunk that carries a choice
-  ITL   gaps between successive chunks that carry a choice (one sample per gap)
+  TTFT  request sent -> first SSE chunk that carries a token (a choice; a last chunk with
+        finish_reason and no text is only the end marker some servers send)
+  ITL   gaps between successive chunks that carry a token (one sample per gap)
   TPOT  (E2E - TTFT) / (output tokens - 1), for requests with at least 2 output tokens
   E2E   request sent -> end of the stream ([DONE] or the connection's end)
 Output tokens are the server's `usage.completion_tokens` when the stream carries usage
-(stream_options.include_usage), otherwise the number of chunks that carried a choice
+(stream_options.include_usage), otherwise the number of chunks that carried a token
 (`usage_source` says which). Input tokens are `usage.prompt_tokens`, otherwise the length
 of the token-id prompt sent, otherwise a count from --count-tokens-url (text prompts).
 Throughputs divide the totals of successful requests by the run's duration: first request
@@ -216,12 +217,17 @@ async def send_request(ep: Endpoint, path: str, payload: dict, req: Request, tim
                     if "error" in msg:
                         raise RuntimeError(f"error event: {json.dumps(msg['error'])[:300]}")
                     if msg.get("choices"):
-                        if not res.chunk_times:
-                            res.ttft = now
-                        res.chunk_times.append(now)
-                        fr = msg["choices"][0].get("finish_reason")
+                        choice = msg["choices"][0]
+                        fr = choice.get("finish_reason")
                         if fr:
                             res.finish_reason = fr
+                        text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+                        # A last chunk with no text only marks the end (llama-cpp-python sends
+                        # one after every stream, Tessera after an EOS it skipped): no token.
+                        if not (fr and not text):
+                            if not res.chunk_times:
+                                res.ttft = now
+                            res.chunk_times.append(now)
                     if msg.get("usage"):
                         res.usage = msg["usage"]
             if done:
