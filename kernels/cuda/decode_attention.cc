@@ -35,8 +35,7 @@ DecodeSplit plan_decode_split(int64_t num_seqs, int64_t num_q_heads, int64_t num
   const int64_t blocks = num_seqs * num_kv_heads;
   const int64_t wanted = 2 * static_cast<int64_t>(num_sms);
   const int64_t most = (max_seq_len + 63) / 64;  // pieces of at least 64 tokens
-  // Contexts of one 256-token chunk: a piece per block saves less than the merge costs.
-  if (blocks <= 0 || blocks >= wanted || most <= 1 || max_seq_len <= 256) return plan;
+  if (blocks <= 0 || blocks >= wanted || most <= 1) return plan;
   const int64_t splits = std::min((wanted + blocks - 1) / blocks, most);
   if (splits <= 1) return plan;
   plan.split_tokens = ((max_seq_len + splits - 1) / splits + 63) / 64 * 64;

@@ -17,8 +17,9 @@ namespace tessera::kernels::cuda {
 [[nodiscard]] Status decode_attention(const DecodeAttentionParams& p, Stream stream);
 
 // How to split a step's contexts so the GPU has enough blocks: none when sequences × KV
-// heads already give two blocks per SM or no context is longer than 256 tokens, else
-// pieces of at least 64 tokens.
+// heads already give two blocks per SM, else pieces of at least 64 tokens. (Not splitting
+// short contexts was measured slower: batch 1 at context 128-192 on the H100 went from
+// 6.36 to 6.49-6.76 ms per 8B step with 8 blocks doing the attention.)
 struct DecodeSplit {
   int64_t split_tokens = 0;
   int64_t max_splits = 1;
