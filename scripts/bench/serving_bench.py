@@ -461,13 +461,18 @@ def plot(points: list[dict], out_dir: str, title: str) -> list[str]:
         groups: dict[str, list] = {}
         for p in points:
             groups.setdefault(p["label"].split(" @ ")[0], []).append(p)
+        closed = points[0]["request_rate"] is None
+        finite = [p["request_rate"] for p in points if isinstance(p["request_rate"], (int, float))]
+        inf_x = 1.5 * max(finite) if finite else 1.0  # where an 'inf' rate is drawn
         for name, ps in groups.items():
-            x = [p["request_rate"] if isinstance(p["request_rate"], (int, float)) else (p["concurrency"] or 0)
+            x = [p["concurrency"] if closed else (p["request_rate"] if p["request_rate"] != "inf" else inf_x)
                  for p in ps]
             axes[0].plot(x, [p["output_throughput"] for p in ps], "o-", label=name)
+            for xi, p in zip(x, ps):
+                if p["request_rate"] == "inf":
+                    axes[0].annotate("all at once", (xi, p["output_throughput"]), fontsize=7)
             axes[1].plot([p["output_throughput"] for p in ps], [p["tpot_s"]["p50"] * 1000 if p["tpot_s"]["p50"]
                                                                  else float("nan") for p in ps], "o-", label=name)
-        closed = points[0]["request_rate"] is None
         axes[0].set_xlabel("concurrent clients" if closed else "request rate (req/s)")
         axes[0].set_ylabel("output tokens/s")
         axes[1].set_xlabel("output tokens/s")
