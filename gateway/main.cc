@@ -66,7 +66,9 @@ int serve(const tessera::Config& config) {
 
   auto path = resolve_model_path(config.model);
   if (!path) return cli::fail(kProgram, path.status());
-  auto text = load_model_text(*path, config.model.chat_template_path);
+  // The tokenizer comes from the model unless model.tokenizer_path names another source.
+  const std::string tokenizer_source = config.model.tokenizer_path.empty() ? *path : config.model.tokenizer_path;
+  auto text = load_model_text(tokenizer_source, config.model.chat_template_path);
   if (!text) return cli::fail(kProgram, text.status());
   const bool has_template = text->chat_template.has_value();
 

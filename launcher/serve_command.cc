@@ -296,7 +296,10 @@ Result<Plan> make_plan(const ServeOptions& o, const Config& config, const Binari
     plan.probes.push_back(std::move(probe));
   };
   // Started in this order; stopped gateway (0), router (1), workers (2).
-  child("router", bin.router, {"router.listen=" + router_address}, 1, config.router.drain_timeout_s,
+  // Every child gets model.path: each validates the whole configuration (the dummy load
+  // format, say, needs a path), whether it opens the model or not.
+  child("router", bin.router, {"router.listen=" + router_address, "model.path=" + yaml_scalar(plan.model_path)}, 1,
+        config.router.drain_timeout_s,
         {static_cast<uint16_t>(config.router.metrics_port), "/health", "is up"});
   for (uint32_t i = 0; i < plan.num_workers; ++i) {
     const uint32_t metrics_port = config.worker.metrics_port == 0 ? 0 : config.worker.metrics_port + i;

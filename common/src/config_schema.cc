@@ -198,6 +198,9 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "Cap on prompt + output tokens; 0 uses the model's context length."),
       field("model.chat_template_path", &C::model, &ModelSettings::chat_template_path,
             "Jinja chat template that replaces the model's own; empty keeps the model's."),
+      field("model.tokenizer_path", &C::model, &ModelSettings::tokenizer_path,
+            "GGUF file, tokenizer.json or directory the gateway takes the tokenizer and chat template from "
+            "instead of model.path (e.g. for a dummy-weight config.json); empty: the model's own."),
       field("model.cache_dir", &C::model, &ModelSettings::cache_dir, "Where fetched models are cached."),
 
       field("gateway.host", &C::gateway, &GatewaySettings::host, "Address the HTTP server binds."),

@@ -93,12 +93,12 @@ def complete(client, model):
     return r.choices[0].text
 
 
-def start_serve(binary, test_model):
+def start_serve(binary, test_model, extra=()):
     """`tessera serve` on free ports, ready; (serve, its API's URL, the model's name, its port)."""
     port, router_port, router_metrics, worker_metrics = free_ports(4)
     serve = Serve([binary("tessera"), "serve", "--model", test_model, "--port", port, "--router-port", router_port,
                    "--drain-timeout", DRAIN_TIMEOUT_S, "--set", f"router.metrics_port={router_metrics}",
-                   "--set", f"worker.metrics_port={worker_metrics}"])
+                   "--set", f"worker.metrics_port={worker_metrics}", *extra])
     try:
         m, _ = serve.wait_for(rf"^tessera serve: ready — OpenAI API at (http://127\.0\.0\.1:{port}/v1) \(model (.+)\)$",
                               timeout=120)
@@ -229,3 +229,34 @@ def test_serve_refuses_bad_flags_before_starting_anything(binary, test_model):
     assert r.returncode == 2 and "--device must be auto, cpu or cuda" in r.stderr
     r = run([binary("tessera"), "serve", "--bogus"])
     assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
+
+
+def test_serve_a_dummy_weight_model_with_a_tokenizer_from_elsewhere(binary, test_model, repo_root):
+    """The dummy load format fills a config.json with random weights and has no tokenizer:
+    model.tokenizer_path lends the gateway one (here the test model's own GGUF, same vocabulary),
+    and token-id prompts, text prompts and chat all work; without it the gateway says what is
+    missing."""
+    config_dir = repo_root / "tests/fixtures/models/smollm2-135m-instruct"
+    serve, url, model, _ = start_serve(binary, config_dir, ["--set", "model.load_format=dummy",
+                                                             "--set", f"model.tokenizer_path={test_model}"])
+    try:
+        assert model == "smollm2-135m-instruct"
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        by_ids = client.completions.create(model=model, prompt=[1, 504, 3458, 282], max_tokens=6, temperature=0)
+        assert by_ids.usage.prompt_tokens == 4 and by_ids.usage.completion_tokens == 6
+        # Random weights say random things, but the same greedy request says the same thing.
+        again = client.completions.create(model=model, prompt=[1, 504, 3458, 282], max_tokens=6, temperature=0)
+        assert again.choices[0].text == by_ids.choices[0].text
+        by_text = client.completions.create(model=model, prompt="The capital of France is", max_tokens=3)
+        assert by_text.usage.completion_tokens == 3
+        chat = client.chat.completions.create(model=model, max_tokens=3,
+                                              messages=[{"role": "user", "content": "Hello"}])
+        assert chat.usage.completion_tokens == 3
+    finally:
+        serve.stop()
+
+    port, router_port = free_ports(2)
+    r = run([binary("tessera"), "serve", "--model", config_dir, "--port", port, "--router-port", router_port,
+             "--set", "model.load_format=dummy", "--ready-timeout", "60"])
+    assert r.returncode != 0
+    assert "tokenizer.json" in r.stdout + r.stderr

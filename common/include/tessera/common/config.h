@@ -38,6 +38,10 @@ struct ModelSettings {
   uint32_t max_model_len_tokens = 0;
   // Jinja chat template file overriding the model's; empty: the model's own.
   std::string chat_template_path;
+  // Where the gateway takes the tokenizer (and chat template) from instead of the model
+  // path: a GGUF file, a tokenizer.json or a directory with one. For models that have no
+  // tokenizer of their own, such as a config.json served with the dummy load format.
+  std::string tokenizer_path;
   // Directory where `default` and fetched models are cached.
   std::string cache_dir = "~/.cache/tessera/models";
 };
