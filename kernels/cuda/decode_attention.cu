@@ -33,7 +33,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   constexpr int kRowStreams = kThreads / kThreadsPerRow;   // V rows summed side by side
   const int kv = blockIdx.x;
   const int64_t s = blockIdx.y;
-  const int64_t len = p.seq_lens[s];
+  const int64_t row = p.rows ? p.rows[s] : s;
+  const int64_t len = p.seq_lens[row];
   const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
   const int64_t split = p.split_tokens > 0 ? p.split_tokens : len - lo;
   const int64_t begin = lo + static_cast<int64_t>(blockIdx.z) * split;
@@ -42,7 +43,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-  const int32_t* pages = p.block_tables + (p.table_rows ? p.table_rows[s] : s) * p.max_pages_per_seq;
+  const int32_t* pages = p.block_tables + (p.table_rows ? p.table_rows[row] : row) * p.max_pages_per_seq;
 
   // q rows padded by four floats per 32: the lanes of a token read 16-byte pieces 36 floats
   // apart, in different banks.
@@ -53,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
     const int h = i / kHeadDim;
     const int64_t q_stride = p.q_stride > 0 ? p.q_stride : p.num_q_heads * kHeadDim;
-    const Bf16 bits = p.q[s * q_stride + (kv * group + h) * kHeadDim + i % kHeadDim];
+    const Bf16 bits = p.q[row * q_stride + (kv * group + h) * kHeadDim + i % kHeadDim];
     const int d = i % kHeadDim;
     q_s[h][d + (d / 32) * 4] = __bfloat162float(__ushort_as_bfloat16(bits)) * p.scale;
   }
@@ -204,7 +205,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
     const int d = i % kHeadDim;
     const int64_t qh = s * p.num_q_heads + kv * group + h;
     if (whole) {
-      p.out[qh * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(q_s[h][d] / l_s[h]));
+      const int64_t out_head = row * p.num_q_heads + kv * group + h;
+      p.out[out_head * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(q_s[h][d] / l_s[h]));
     } else {
       float* piece = p.workspace + (qh * p.max_splits + blockIdx.z) * (kHeadDim + 2);
       piece[d] = q_s[h][d];
@@ -221,7 +223,8 @@ template <int kHeadDim>
 __global__ void __launch_bounds__(kHeadDim) merge_pieces_kernel(DecodeAttentionParams p) {
   pdl_wait();
   const int64_t qh = static_cast<int64_t>(blockIdx.y) * p.num_q_heads + blockIdx.x;
-  const int64_t len = p.seq_lens[blockIdx.y];
+  const int64_t row = p.rows ? p.rows[blockIdx.y] : blockIdx.y;
+  const int64_t len = p.seq_lens[row];
   const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
   const int64_t num_pieces = (len - lo + p.split_tokens - 1) / p.split_tokens;
   const float* pieces = p.workspace + qh * p.max_splits * (kHeadDim + 2);
@@ -234,7 +237,8 @@ __global__ void __launch_bounds__(kHeadDim) merge_pieces_kernel(DecodeAttentionP
     num += piece[threadIdx.x] * f;
     den += piece[kHeadDim + 1] * f;
   }
-  p.out[qh * kHeadDim + threadIdx.x] = __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
+  p.out[(row * p.num_q_heads + blockIdx.x) * kHeadDim + threadIdx.x] =
+      __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
 }
 
 template <int kHeadDim>

@@ -38,6 +38,10 @@ struct DecodeAttentionParams : PagedAttention {
   // token, seq_lens[r] = that token's position + 1 (causal), table_rows[r] = its sequence
   // (reading K/V once per query row: prefill_attention.h is the fast way).
   const int32_t* table_rows = nullptr;
+  // [num_seqs]: which row of q, out, seq_lens and table_rows query row s is; nullptr: row
+  // s. Lets a step that mixes prefill chunks and decodes give only its decode rows to this
+  // kernel.
+  const int32_t* rows = nullptr;
   int64_t num_seqs = 0;
   // Split-KV (flash-decoding): each sequence's context is cut into pieces of split_tokens,
   // each run by its own block, and the pieces' softmax states are merged after. 0 (or at

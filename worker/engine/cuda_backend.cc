@@ -45,6 +45,7 @@ float from_bf16(Bf16 b) {
 }
 
 constexpr int64_t kAlign = 256;
+constexpr int kInt32Arrays = 6;  // int32 arrays of the step metadata (Impl says which)
 int64_t align_up(int64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 // Kept free below the budget: cuBLASLt's workspace and plans, graphs, metadata growth.
 constexpr int64_t kReserveBytes = int64_t{512} << 20;
@@ -70,7 +71,8 @@ struct CudaBackend::Impl {
   int64_t layer_elements = 0;  // elements of K (or V) per layer
 
   // Step metadata, pinned on the host and mirrored on the device: int32 ids, positions,
-  // table rows, sequence lengths and sample rows; then int64 slots; then the prefill
+  // table rows, sequence lengths, sample rows and (in a step with prefill chunks) the rows
+  // of its one-token sequences; then int64 slots; then the prefill
   // attention tiles (up to 2 per row: a chunk's tiles plus one partial per sequence);
   // block tables apart.
   int64_t capacity = 0;  // rows
@@ -83,6 +85,7 @@ struct CudaBackend::Impl {
   int64_t table_width = 1;
   int64_t num_rows = 0;
   int64_t num_tiles = 0;  // prefill attention tiles of this step; 0: a decode-only step
+  int64_t num_decode_rows = 0;  // with tiles: the one-token sequences' rows, for the decode kernel
   std::vector<kcu::PrefillTile> tiles;
   int64_t max_len = 0;
   int64_t step = 0;  // counts begin_step calls
@@ -110,10 +113,11 @@ struct CudaBackend::Impl {
   int32_t* table_rows_dev() const { return ids_dev() + 2 * capacity; }
   int32_t* seq_lens_dev() const { return ids_dev() + 3 * capacity; }
   int32_t* sample_rows_dev() const { return ids_dev() + 4 * capacity; }
-  int64_t* slots_dev() const { return reinterpret_cast<int64_t*>(meta_dev + align_up(5 * capacity * 4)); }
+  int32_t* decode_rows_dev() const { return ids_dev() + 5 * capacity; }
+  int64_t* slots_dev() const { return reinterpret_cast<int64_t*>(meta_dev + align_up(kInt32Arrays * capacity * 4)); }
   int32_t* host_i32(int i) const { return reinterpret_cast<int32_t*>(meta_host) + i * capacity; }
-  int64_t* slots_host() const { return reinterpret_cast<int64_t*>(meta_host + align_up(5 * capacity * 4)); }
-  int64_t tiles_offset() const { return align_up(5 * capacity * 4) + align_up(capacity * 8); }
+  int64_t* slots_host() const { return reinterpret_cast<int64_t*>(meta_host + align_up(kInt32Arrays * capacity * 4)); }
+  int64_t tiles_offset() const { return align_up(kInt32Arrays * capacity * 4) + align_up(capacity * 8); }
   kcu::PrefillTile* tiles_dev() const { return reinterpret_cast<kcu::PrefillTile*>(meta_dev + tiles_offset()); }
   kcu::PrefillTile* tiles_host() const { return reinterpret_cast<kcu::PrefillTile*>(meta_host + tiles_offset()); }
 
@@ -202,7 +206,7 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const CudaBackendOption
 
   const int64_t t = options.max_batch_tokens;
   impl->capacity = t;
-  impl->meta_bytes = align_up(5 * t * 4) + align_up(t * 8) + 2 * t * static_cast<int64_t>(sizeof(kcu::PrefillTile));
+  impl->meta_bytes = align_up(kInt32Arrays * t * 4) + align_up(t * 8) + 2 * t * static_cast<int64_t>(sizeof(kcu::PrefillTile));
   TESSERA_CUDA_RETURN(cudaMallocHost(reinterpret_cast<void**>(&impl->meta_host), static_cast<size_t>(impl->meta_bytes)),
                       "pinned step metadata");
   auto meta = impl->device_alloc(impl->meta_bytes, "step metadata");
@@ -385,9 +389,17 @@ Status CudaBackend::begin_step(const StepLayout& layout) {
   }
   if (graph) m.max_len = graph_shape_.context;
   m.tiles.clear();
+  m.num_decode_rows = 0;
   if (!layout.decode_only()) {
+    // Chunks of several tokens go to the prefill kernel; one-token sequences (decodes
+    // riding along) to the decode kernel, which would otherwise get a 128-row tile each.
+    int32_t* decode_rows = m.host_i32(5);
     for (size_t si = 0; si < layout.sequences.size(); ++si) {
       const StepSequence& s = layout.sequences[si];
+      if (s.num_tokens == 1) {
+        decode_rows[m.num_decode_rows++] = static_cast<int32_t>(s.token_begin);
+        continue;
+      }
       kcu::append_prefill_tiles(static_cast<int32_t>(s.token_begin), static_cast<int32_t>(s.num_tokens),
                                 static_cast<int32_t>(s.start_position), static_cast<int32_t>(si), m.tiles);
     }
@@ -399,7 +411,7 @@ Status CudaBackend::begin_step(const StepLayout& layout) {
   ++m.step;
   // Only this step's rows: the five int32 arrays as one strided copy, the slots, the tiles.
   const auto pitch = static_cast<size_t>(m.capacity) * 4;
-  TESSERA_CUDA_RETURN(cudaMemcpy2DAsync(m.meta_dev, pitch, m.meta_host, pitch, static_cast<size_t>(n) * 4, 5,
+  TESSERA_CUDA_RETURN(cudaMemcpy2DAsync(m.meta_dev, pitch, m.meta_host, pitch, static_cast<size_t>(n) * 4, kInt32Arrays,
                                         cudaMemcpyHostToDevice, m.stream),
                       "step metadata upload");
   TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.slots_dev(), m.slots_host(), static_cast<size_t>(n) * 8, cudaMemcpyHostToDevice,
@@ -532,15 +544,18 @@ Status CudaBackend::attention(const AttentionOp& op) {
     a.scale = op.scale;
     a.sliding_window = op.sliding_window;
   };
-  if (m.num_tiles > 0) {
+  const bool mixed = m.num_tiles > 0;
+  if (mixed) {
     kcu::PrefillAttentionParams a;
     fill(a);
     a.tiles = m.tiles_dev();
     a.num_tiles = m.num_tiles;
-    return kcu::prefill_attention(a, m.stream);
+    TESSERA_RETURN_IF_ERROR(kcu::prefill_attention(a, m.stream));
+    if (m.num_decode_rows == 0) return Status::ok();
   }
+  const int64_t decode_rows = mixed ? m.num_decode_rows : m.num_rows;
   if (m.split_step != m.step) {
-    m.split = kcu::plan_decode_split(m.num_rows, op.num_heads, op.num_kv_heads, op.head_dim, m.max_len,
+    m.split = kcu::plan_decode_split(decode_rows, op.num_heads, op.num_kv_heads, op.head_dim, m.max_len,
                                      m.device.num_sms);
     if (m.split.workspace_bytes > m.split_workspace_bytes) m.split = {};
     m.split_step = m.step;
@@ -549,7 +564,8 @@ Status CudaBackend::attention(const AttentionOp& op) {
   fill(a);
   a.seq_lens = m.seq_lens_dev();
   a.table_rows = m.table_rows_dev();
-  a.num_seqs = m.num_rows;
+  a.rows = mixed ? m.decode_rows_dev() : nullptr;
+  a.num_seqs = decode_rows;
   a.split_tokens = m.split.split_tokens;
   a.max_splits = m.split.max_splits;
   a.workspace = m.split.workspace_bytes > 0 ? m.split_workspace : nullptr;
