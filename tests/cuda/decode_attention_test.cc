@@ -21,6 +21,7 @@ namespace {
 struct AttentionInputs {
   int64_t num_kv_heads = 0, group = 0, head_dim = 0, page_size = 0, max_pages = 0;
   std::vector<int32_t> tables, lens, table_rows;
+  std::vector<int32_t> rows;  // when set: only these query rows run (DecodeAttentionParams::rows)
   std::vector<Bf16> q, k_cache, v_cache;
   float scale = 0;
 };
@@ -31,7 +32,7 @@ void run_and_check(const AttentionInputs& in, int64_t split_tokens, int64_t max_
   const int64_t Hkv = in.num_kv_heads, Hq = Hkv * in.group, D = in.head_dim, P = in.page_size;
   const int64_t R = static_cast<int64_t>(in.lens.size());
   DeviceBuffer<Bf16> d_q(in.q), d_k(in.k_cache), d_v(in.v_cache), d_out(R * Hq * D);
-  DeviceBuffer<int32_t> d_tables(in.tables), d_lens(in.lens), d_rows(in.table_rows);
+  DeviceBuffer<int32_t> d_tables(in.tables), d_lens(in.lens), d_rows(in.table_rows), d_subset(in.rows);
   DeviceBuffer<float> d_ws(std::max<int64_t>(1, R * Hq * max_splits * (D + 2)));
   d_out.poison();
   d_ws.poison();
@@ -42,8 +43,9 @@ void run_and_check(const AttentionInputs& in, int64_t split_tokens, int64_t max_
   p.block_tables = d_tables.ptr;
   p.seq_lens = d_lens.ptr;
   p.table_rows = in.table_rows.empty() ? nullptr : d_rows.ptr;
+  p.rows = in.rows.empty() ? nullptr : d_subset.ptr;
   p.out = d_out.ptr;
-  p.num_seqs = R;
+  p.num_seqs = in.rows.empty() ? R : static_cast<int64_t>(in.rows.size());
   p.num_q_heads = Hq;
   p.num_kv_heads = Hkv;
   p.head_dim = D;
@@ -57,6 +59,11 @@ void run_and_check(const AttentionInputs& in, int64_t split_tokens, int64_t max_
   REQUIRE(decode_attention(p, nullptr).is_ok());
   const auto out = d_out.download();
   for (int64_t r = 0; r < R; ++r) {
+    if (!in.rows.empty() && std::find(in.rows.begin(), in.rows.end(), r) == in.rows.end()) {
+      // A row left out is not written.
+      for (int64_t i = 0; i < Hq * D; ++i) REQUIRE(out[r * Hq * D + i] == kPoison);
+      continue;
+    }
     const int64_t len = in.lens[r];
     const int64_t table = in.table_rows.empty() ? r : in.table_rows[r];
     auto slot = [&](int64_t i) { return static_cast<int64_t>(in.tables[table * in.max_pages + i / P]) * P + i % P; };
@@ -200,4 +207,32 @@ TEST_CASE("prefill chunks run as causal query rows over a cached prefix", "[cuda
   in.k_cache = random_bf16(2 * in.max_pages * in.page_size * in.num_kv_heads * in.head_dim, rng);
   in.v_cache = random_bf16(2 * in.max_pages * in.page_size * in.num_kv_heads * in.head_dim, rng);
   run_and_check(in, 0, 1);
+}
+
+TEST_CASE("decode attention runs only the rows it is given, where they are", "[cuda][attention]") {
+  // A step that mixes prefill chunks and decodes hands the decode kernel its one-token rows:
+  // rows 3 and 0 of five, out of order; the others stay untouched.
+  std::mt19937 rng(13);
+  AttentionInputs in;
+  in.num_kv_heads = 8;
+  in.group = 4;
+  in.head_dim = 128;
+  in.page_size = 16;
+  in.scale = 0.088f;
+  in.lens = {700, 5, 1, 300, 64};
+  in.max_pages = (700 + 15) / 16;
+  const int64_t S = static_cast<int64_t>(in.lens.size());
+  std::vector<int32_t> pool(S * in.max_pages);
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  in.tables = pool;
+  const int64_t Hq = in.num_kv_heads * in.group;
+  in.q = random_bf16(S * Hq * in.head_dim, rng);
+  in.k_cache = random_bf16(S * in.max_pages * in.page_size * in.num_kv_heads * in.head_dim, rng);
+  in.v_cache = random_bf16(S * in.max_pages * in.page_size * in.num_kv_heads * in.head_dim, rng);
+  in.rows = {3, 0};
+  const DecodeSplit plan = plan_decode_split(2, Hq, in.num_kv_heads, in.head_dim, 700, 132);
+  run_and_check(in, 0, 1);
+  run_and_check(in, plan.split_tokens, plan.max_splits);
+  run_and_check(in, 64, (700 + 63) / 64);
 }
