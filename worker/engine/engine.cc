@@ -267,7 +267,6 @@ Result<StepOutput> Engine::step(const StepInput& in) {
   StepOutput out;
   if (token_ids_.empty()) return out;
   const StepLayout layout{token_ids_, positions_, slots_, step_sequences_, sample_rows_};
-  TESSERA_RETURN_IF_ERROR(backend_->begin_step(layout));
   TESSERA_RETURN_IF_ERROR(run_forward(layout));
   // The KV of every scheduled token is now cached, whatever happens to sampling.
   for (const ScheduledSlice& sl : in.scheduled) sequences_.at(sl.seq_id).num_computed += sl.num_tokens;

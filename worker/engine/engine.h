@@ -141,8 +141,9 @@ class Engine {
 
   Engine() = default;
   [[nodiscard]] Status check_plan(const StepInput& input) const;
-  // Runs the model over layout: as a replayed CUDA graph when the step is decode-only
-  // and the backend captures graphs, eagerly otherwise.
+  // Begins the step on the backend and runs the model over layout: as a replayed CUDA
+  // graph (over a padded layout) when the step is decode-only and the backend captures
+  // graphs, eagerly otherwise.
   [[nodiscard]] Status run_forward(const StepLayout& layout);
   [[nodiscard]] Status run_graph(const StepLayout& layout);
 
