@@ -82,6 +82,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
     __syncthreads();
     // Logits: kLanesPerToken lanes per token, each with 32 dimensions of its K row.
     const int sub = lane % kLanesPerToken;
+    #pragma unroll 2
     for (int i0 = warp * kTokensPerWarp; i0 < n; i0 += kWarps * kTokensPerWarp) {
       const int i = i0 + lane / kLanesPerToken;
       float k[32];
@@ -148,6 +149,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
       #pragma unroll
       for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] *= r;
     }
+    #pragma unroll 4
     for (int i = row_stream; i < n; i += kRowStreams) {
       const uint4 bits = *reinterpret_cast<const uint4*>(p.v_cache + (slot_s[i] * p.num_kv_heads + kv) * kHeadDim +
                                                          part * kDimsPerThread);
@@ -228,9 +230,18 @@ __global__ void __launch_bounds__(kHeadDim) merge_pieces_kernel(DecodeAttentionP
   const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
   const int64_t num_pieces = (len - lo + p.split_tokens - 1) / p.split_tokens;
   const float* pieces = p.workspace + qh * p.max_splits * (kHeadDim + 2);
+  // The pieces' maxima read side by side (one thread each), then each thread's sums over
+  // the pieces with their loads batched: not a chain of dependent round trips per piece.
   float big = -FLT_MAX;
-  for (int64_t k = 0; k < num_pieces; ++k) big = fmaxf(big, pieces[k * (kHeadDim + 2) + kHeadDim]);
+  for (int64_t k = threadIdx.x; k < num_pieces; k += kHeadDim) big = fmaxf(big, pieces[k * (kHeadDim + 2) + kHeadDim]);
+  for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
+  __shared__ float warp_max[kHeadDim / 32];
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = big;
+  __syncthreads();
+  #pragma unroll
+  for (int w = 0; w < kHeadDim / 32; ++w) big = fmaxf(big, warp_max[w]);
   float num = 0.0f, den = 0.0f;
+  #pragma unroll 8
   for (int64_t k = 0; k < num_pieces; ++k) {
     const float* piece = pieces + k * (kHeadDim + 2);
     const float f = __expf(piece[kHeadDim] - big);

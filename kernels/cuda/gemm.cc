@@ -38,11 +38,11 @@ struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> plans;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>, std::unique_ptr<Plan>> plans;
 
   // Index of the candidate that ran fastest (5 runs each).
   Result<int> fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, int64_t m,
-                      int64_t ldc, const void* a, const void* w, Stream stream);
+                      int64_t ldc, bool accumulate, const void* a, const void* w, Stream stream);
 
   ~Impl() {
     plans.clear();
@@ -52,9 +52,11 @@ struct Gemm::Impl {
 
   // The plan of a shape; the first call for a skinny shape (m <= kTunedRows) times the
   // heuristic's candidates on `stream` (reading the caller's A and W, writing a scratch C)
-  // and keeps the fastest, which synchronizes that stream once.
-  Result<Plan*> plan(int64_t m, int64_t n, int64_t k, int64_t ldc, const void* a, const void* w, Stream stream) {
-    auto key = std::make_tuple(m, n, k, ldc);
+  // and keeps the fastest, which synchronizes that stream once. Accumulating into C (beta
+  // 1) is tuned apart: the fastest candidate is not always the same.
+  Result<Plan*> plan(int64_t m, int64_t n, int64_t k, int64_t ldc, bool accumulate, const void* a, const void* w,
+                     Stream stream) {
+    auto key = std::make_tuple(m, n, k, ldc, accumulate);
     if (auto it = plans.find(key); it != plans.end()) return it->second.get();
     auto p = std::make_unique<Plan>();
     cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
@@ -83,7 +85,7 @@ struct Gemm::Impl {
     }
     p->algo = results[0].algo;
     if (found > 1) {
-      auto best = fastest(*p, results, found, m, ldc, a, w, stream);
+      auto best = fastest(*p, results, found, m, ldc, accumulate, a, w, stream);
       if (!best) return best.status();
       p->algo = results[*best].algo;
     }
@@ -94,7 +96,7 @@ struct Gemm::Impl {
 };
 
 Result<int> Gemm::Impl::fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, int64_t m,
-                                int64_t ldc, const void* a, const void* w, Stream stream) {
+                                int64_t ldc, bool accumulate, const void* a, const void* w, Stream stream) {
   void* scratch = nullptr;
   if (cudaMalloc(&scratch, static_cast<size_t>(m * ldc) * 2) != cudaSuccess) {
     cudaGetLastError();  // no room to tune: keep the heuristic's first, and leave no error behind
@@ -103,7 +105,8 @@ Result<int> Gemm::Impl::fastest(const Plan& p, const cublasLtMatmulHeuristicResu
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  const float alpha = 1.0f, beta = 0.0f;
+  cudaMemsetAsync(scratch, 0, static_cast<size_t>(m * ldc) * 2, stream);
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   int best = 0;
   float best_ms = 0;
   for (int i = 0; i < found; ++i) {
@@ -148,18 +151,22 @@ Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes) {
 Status Gemm::run(const GemmParams& p, Stream stream) {
   if (p.m < 0 || p.n <= 0 || p.k <= 0 || (p.ldc != 0 && p.ldc < p.n)) return invalid_argument("cuda gemm: bad shape");
   const int64_t ldc = p.ldc > 0 ? p.ldc : p.n;
-  if (p.gate_up_silu && (p.m != 1 || p.k % 8 != 0 || p.accumulate ||
-                         (reinterpret_cast<uintptr_t>(p.a) | reinterpret_cast<uintptr_t>(p.w)) % 16 != 0)) {
+  const bool gemv_fits = p.m <= launch::kGemvMaxRows && p.k % 8 == 0 && p.k <= launch::kGemvMaxK &&
+                         (reinterpret_cast<uintptr_t>(p.a) | reinterpret_cast<uintptr_t>(p.w) |
+                          reinterpret_cast<uintptr_t>(p.norm_weight)) % 16 == 0;
+  if (p.gate_up_silu && (p.m != 1 || p.accumulate || !gemv_fits)) {
     return invalid_argument("cuda gemm: the fused gate/up/silu GEMV needs one row, k % 8 == 0 and 16-byte aligned A and W");
+  }
+  if (p.norm_weight && (p.m != 1 || !gemv_fits)) {
+    return invalid_argument("cuda gemm: a row norm is fused only into the one-row GEMV (k % 8 == 0, aligned buffers)");
   }
   if (p.m == 0) return Status::ok();
   if (!p.a || !p.w || !p.c) return invalid_argument("cuda gemm: null buffer");
-  if (p.m <= launch::kGemvMaxRows && p.k % 8 == 0 &&
-      (reinterpret_cast<uintptr_t>(p.a) | reinterpret_cast<uintptr_t>(p.w)) % 16 == 0) {
+  if (gemv_fits) {  // one row: ldc does not matter
     if (const char* e = launch::gemv(p, stream)) return internal_error(std::string("cuda gemv: ") + e);
     return Status::ok();
   }
-  auto plan = impl_->plan(p.m, p.n, p.k, ldc, p.a, p.w, stream);
+  auto plan = impl_->plan(p.m, p.n, p.k, ldc, p.accumulate, p.a, p.w, stream);
   if (!plan) return plan.status();
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   const cublasStatus_t s =

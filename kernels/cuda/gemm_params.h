@@ -21,14 +21,21 @@ struct GemmParams {
   // C[j] = silu(gate_j) * up_j, each rounded to bf16 where the unfused path rounds (the
   // two projections, silu, the product). Only m = 1 (the GEMV) takes it.
   bool gate_up_silu = false;
+  // When set, A's row is RMS-normalized first, as rms_norm() does (without a residual):
+  // a = round_bf16(a / sqrt(mean(a²) + norm_eps)) * norm_weight, rounded to bf16. Only
+  // the GEMV takes it, fused into its staging of the row.
+  const Bf16* norm_weight = nullptr;  // [k]
+  float norm_eps = 0.0f;
 };
 
 namespace launch {
 // C = A·Wᵀ for one activation row by streaming W once: one warp per output column, 16-byte
-// loads. Needs k % 8 == 0 and 16-byte aligned A and W. Measured on the H100 against
-// cuBLASLt at Llama-3-8B's projections: faster at m = 1 (65-92% of the copy rate against
-// 56-87%), slower already at m = 8, so only m = 1 comes here.
+// loads, the activation row staged in shared memory. Needs k % 8 == 0, k <= kGemvMaxK and
+// 16-byte aligned A, W (and norm weight). Measured on the H100 against cuBLASLt at
+// Llama-3-8B's projections: faster at m = 1 (65-92% of the copy rate against 56-87%),
+// slower already at m = 8, so only m = 1 comes here.
 inline constexpr int64_t kGemvMaxRows = 1;
+inline constexpr int64_t kGemvMaxK = 48 * 1024;
 const char* gemv(const GemmParams& p, Stream stream);
 }  // namespace launch
 

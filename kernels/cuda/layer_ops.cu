@@ -177,32 +177,34 @@ __device__ __forceinline__ void rotate_pair(const Bf16* src, Bf16* dst, int64_t 
   dst[ib] = to_bf16(b * c + a * s);
 }
 
-// One block per token: q heads in place, k heads into the cache rotated, v heads copied.
-__global__ void rope_kv_kernel(RopeKvParams p) {
+// Block (token, slice): one rotated pair per thread, over the q heads (in place) then the
+// k heads (into the cache), and one copied v element. A token spreads over several blocks:
+// a decode step has a single token, whose pairs would otherwise run one after another.
+constexpr int kRopeThreads = 256;
+__global__ void __launch_bounds__(kRopeThreads) rope_kv_kernel(RopeKvParams p) {
   pdl_wait();
   const int64_t t = blockIdx.x;
-  const int64_t half_dim = p.head_dim / 2;
-  const bool half = p.style == RopeStyle::kHalf;
-  const float pos = static_cast<float>(p.positions[t]);
+  const int half_dim = static_cast<int>(p.head_dim / 2);
+  const int w = static_cast<int>(blockIdx.y) * kRopeThreads + static_cast<int>(threadIdx.x);
+  const int num_q = static_cast<int>(p.num_q_heads);
+  const int num_kv = static_cast<int>(p.num_kv_heads);
   const int64_t slot = p.slots[t];
-  Bf16* q = p.q + t * p.q_stride;
-  const Bf16* k = p.k + t * p.k_stride;
-  const Bf16* v = p.v + t * p.v_stride;
-  Bf16* kc = p.k_cache + slot * p.num_kv_heads * p.head_dim;
-  Bf16* vc = p.v_cache + slot * p.num_kv_heads * p.head_dim;
-  for (int64_t w = threadIdx.x; w < (p.num_q_heads + p.num_kv_heads) * half_dim; w += blockDim.x) {
-    const int64_t h = w / half_dim;
-    const int64_t j = w - h * half_dim;
+  if (w < (num_q + num_kv) * half_dim) {
+    const int h = w / half_dim;
+    const int j = w - h * half_dim;
     float s, c;
-    sincosf(pos * p.inv_freq[j], &s, &c);
-    if (h < p.num_q_heads) {
-      rotate_pair(q + h * p.head_dim, q + h * p.head_dim, j, p.head_dim, half, c, s);
+    sincosf(static_cast<float>(p.positions[t]) * p.inv_freq[j], &s, &c);
+    const bool half = p.style == RopeStyle::kHalf;
+    if (h < num_q) {
+      Bf16* q = p.q + t * p.q_stride + static_cast<int64_t>(h) * p.head_dim;
+      rotate_pair(q, q, j, p.head_dim, half, c, s);
     } else {
-      const int64_t kh = h - p.num_q_heads;
-      rotate_pair(k + kh * p.head_dim, kc + kh * p.head_dim, j, p.head_dim, half, c, s);
+      const int kh = h - num_q;
+      rotate_pair(p.k + t * p.k_stride + static_cast<int64_t>(kh) * p.head_dim,
+                  p.k_cache + (slot * num_kv + kh) * p.head_dim, j, p.head_dim, half, c, s);
     }
   }
-  for (int64_t i = threadIdx.x; i < p.num_kv_heads * p.head_dim; i += blockDim.x) vc[i] = v[i];
+  if (w < num_kv * p.head_dim) p.v_cache[slot * num_kv * p.head_dim + w] = p.v[t * p.v_stride + w];
 }
 
 __global__ void add_kernel(Bf16* x, const Bf16* y, int64_t count, float scale) {
@@ -291,7 +293,10 @@ const char* silu_mul(const SiluMulParams& p, Stream stream) {
 }
 
 const char* rope_and_cache_kv(const RopeKvParams& p, Stream stream) {
-  return launched(launch_pdl(rope_kv_kernel, static_cast<unsigned>(p.num_tokens), 128, 0, stream, p));
+  const int64_t pairs = (p.num_q_heads + p.num_kv_heads) * (p.head_dim / 2);
+  const int64_t threads = std::max(pairs, p.num_kv_heads * p.head_dim);  // a thread per pair and per v element
+  const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>((threads + kRopeThreads - 1) / kRopeThreads));
+  return launched(launch_pdl(rope_kv_kernel, grid, kRopeThreads, 0, stream, p));
 }
 
 const char* add(const AddParams& p, Stream stream) {

@@ -54,7 +54,7 @@ TEST_CASE("bf16 gemm matches a float64 reference and caches one plan per shape",
       }
     }
   }
-  CHECK((*gemm)->num_cached_shapes() == 4);  // the cuBLASLt shapes
+  CHECK((*gemm)->num_cached_shapes() == 8);  // the cuBLASLt shapes, each with and without accumulating
 }
 
 TEST_CASE("gemm refuses bad shapes and does nothing for no rows", "[cuda][gemm]") {
@@ -96,5 +96,65 @@ TEST_CASE("the one-row GEMV computes silu(gate)·up from stacked gate and up wei
   DeviceBuffer<Bf16> a(2 * 64), w(2 * 64 * 64), c(2 * 64);
   GemmParams two{a.ptr, w.ptr, c.ptr, 2, 64, 64};
   two.gate_up_silu = true;
+  CHECK((*gemm)->run(two, nullptr).code() == tessera::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("the one-row GEMV normalizes its row first when given a norm weight, as rms_norm does", "[cuda][gemm]") {
+  auto gemm = Gemm::create();
+  REQUIRE(gemm.is_ok());
+  std::mt19937 rng(29);
+  // k = 28672 stages 56 KiB of row: past the default 48 KiB of dynamic shared memory.
+  struct Shape {
+    int64_t n, k;
+    bool gate_up;
+  };
+  const Shape shapes[] = {{100, 576, false}, {1536, 4096, false}, {300, 576, true}, {64, 28672, false}};
+  for (const Shape& sh : shapes) {
+    INFO("n " << sh.n << " k " << sh.k << " gate_up " << sh.gate_up);
+    const float eps = 1e-5f;
+    const auto a = random_bf16(sh.k, rng, 3.0f);
+    const auto g = random_bf16(sh.k, rng);
+    const int64_t rows = sh.gate_up ? 2 * sh.n : sh.n;
+    const auto w = random_bf16(rows * sh.k, rng, 0.05f);
+    DeviceBuffer<Bf16> d_a(a), d_g(g), d_w(w), d_c(sh.n);
+    d_c.poison();
+    GemmParams p{d_a.ptr, d_w.ptr, d_c.ptr, 1, sh.n, sh.k};
+    p.gate_up_silu = sh.gate_up;
+    p.norm_weight = d_g.ptr;
+    p.norm_eps = eps;
+    REQUIRE((*gemm)->run(p, nullptr).is_ok());
+    const auto c = d_c.download();
+    // The normalized row, rounded as rms_norm rounds it.
+    double sum_sq = 0;
+    for (int64_t i = 0; i < sh.k; ++i) sum_sq += static_cast<double>(to_float(a[i])) * to_float(a[i]);
+    const double inv_rms = 1.0 / std::sqrt(sum_sq / static_cast<double>(sh.k) + eps);
+    std::vector<double> x(static_cast<size_t>(sh.k));
+    for (int64_t i = 0; i < sh.k; ++i) {
+      x[static_cast<size_t>(i)] = round_bf16(round_bf16(to_float(a[i]) * inv_rms) * to_float(g[i]));
+    }
+    for (int64_t j = 0; j < sh.n; ++j) {
+      double dot[2] = {0, 0}, scale = 0;
+      for (int r = 0; r < (sh.gate_up ? 2 : 1); ++r) {
+        for (int64_t i = 0; i < sh.k; ++i) {
+          const double prod = x[static_cast<size_t>(i)] * to_float(w[(r * sh.n + j) * sh.k + i]);
+          dot[r] += prod;
+          if (r == 0) scale += prod * prod;
+        }
+      }
+      if (!sh.gate_up) {
+        // fp32 inv_rms may round a normalized element to the neighbouring bf16 value: a few
+        // ulps of the typical partial sum.
+        REQUIRE(close(c[j], dot[0], std::max(std::abs(dot[0]), std::sqrt(scale)), 4));
+      } else {
+        const double gt = round_bf16(dot[0]), u = round_bf16(dot[1]);
+        const double want = round_bf16(round_bf16(gt / (1.0 + std::exp(-gt))) * u);
+        REQUIRE(close(c[j], want, std::max(std::abs(want), std::sqrt(scale) * std::max(std::abs(u), 1.0)), 4));
+      }
+    }
+  }
+  // Only the GEMV fuses the norm.
+  DeviceBuffer<Bf16> a(2 * 64), g(64), w(64 * 64), c(2 * 64);
+  GemmParams two{a.ptr, w.ptr, c.ptr, 2, 64, 64};
+  two.norm_weight = g.ptr;
   CHECK((*gemm)->run(two, nullptr).code() == tessera::StatusCode::kInvalidArgument);
 }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "cuda_test_main.h"
@@ -19,8 +20,11 @@ TEST_CASE("argmax picks the largest logit and the lowest index on ties", "[cuda]
   std::mt19937 rng(31);
   std::normal_distribution<float> d(0.0f, 3.0f);
   for (const bool bf16 : {false, true}) {
-    for (int64_t vocab : {1, 7, 49152, 128256}) {
-      const int64_t rows = 9, stride = vocab + 3;
+    // Padded rows start off 16-byte boundaries (one logit at a time); unpadded bf16 rows of
+    // a vocabulary that is a multiple of 8 take the eight-at-a-time loads.
+    for (const auto& [vocab, pad] : {std::pair<int64_t, int64_t>{1, 3}, {7, 3}, {49152, 3}, {128256, 3}, {49152, 0},
+                                    {128256, 0}, {32003, 0}}) {
+      const int64_t rows = 9, stride = vocab + pad;
       std::vector<float> logits(rows * stride, 1e30f);  // the padding past vocab must not count
       std::vector<int32_t> want(rows);
       for (int64_t r = 0; r < rows; ++r) {
@@ -49,7 +53,7 @@ TEST_CASE("argmax picks the largest logit and the lowest index on ties", "[cuda]
       }
       DeviceBuffer<int32_t> d_out(rows);
       d_out.poison();
-      INFO("vocab " << vocab << (bf16 ? " bf16" : " fp32"));
+      INFO("vocab " << vocab << " pad " << pad << (bf16 ? " bf16" : " fp32"));
       if (bf16) {
         std::vector<Bf16> bits(logits.size());
         for (size_t i = 0; i < bits.size(); ++i) bits[i] = to_bf16(logits[i]);

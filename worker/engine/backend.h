@@ -111,6 +111,14 @@ struct MatmulTarget {
   Act bias;              // [weight->n] or null
 };
 
+// A projection's input normalized row by row first: rms_norm(x) * weight (the norm of a
+// sub-layer, applied to the residual stream).
+struct RowNorm {
+  Act weight;  // [k]
+  float eps = 0.0f;
+  Act scratch;  // [m, k]: the normalized rows, where a backend does not fuse the norm
+};
+
 // One layer's attention: rotate q and k (RoPE at the step's positions), store k and v of
 // every step token into the cache of `layer`, then attend every step token to its
 // sequence's cached context (causal). q, k and v are [tokens, heads * head_dim] slices
@@ -165,20 +173,33 @@ class Backend {
   // out[t] = table row token_ids[t] * scale.
   [[nodiscard]] virtual Status embed(const WeightTensor& table, float scale, Act out) = 0;
   [[nodiscard]] virtual Status rms_norm(Act x, Act weight, float eps, Act out, int64_t rows, int64_t width) = 0;
-  // residual += y_scale * y, then out = rms_norm(residual) * weight: the residual add of a
-  // sub-layer fused with the norm of the next one. out may be y.
-  [[nodiscard]] virtual Status add_rms_norm(Act residual, Act y, float y_scale, Act weight, float eps, Act out,
-                                            int64_t rows, int64_t width) = 0;
   // Every target reads the same x [m, k].
   [[nodiscard]] virtual Status matmul(Act x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) = 0;
+  // matmul of the normalized rows rms_norm(x) * norm.weight. A backend may fuse the norm
+  // into the projection; otherwise the normalized rows go to norm.scratch first.
+  [[nodiscard]] virtual Status normed_matmul(Act x, const RowNorm& norm, int64_t m, int64_t k,
+                                             std::span<const MatmulTarget> targets) {
+    TESSERA_RETURN_IF_ERROR(rms_norm(x, norm.weight, norm.eps, norm.scratch, m, k));
+    return matmul(norm.scratch, m, k, targets);
+  }
+  // residual [m, w.n] += scale * x·wᵀ: a sub-layer's output projection added to the
+  // residual stream. A backend may fold the add into the projection; otherwise the
+  // projection goes to scratch [m, w.n] first.
+  [[nodiscard]] virtual Status matmul_add(Act x, int64_t m, int64_t k, const WeightTensor& w, Act residual,
+                                          float scale, Act scratch) {
+    const MatmulTarget target[] = {{&w, scratch, 0, {}}};
+    TESSERA_RETURN_IF_ERROR(matmul(x, m, k, target));
+    return add(residual, scratch, m * w.n, scale);
+  }
   [[nodiscard]] virtual Status attention(const AttentionOp& op) = 0;
-  // act [m, gate.n] = silu(x·gateᵀ) * (x·upᵀ), the MLP's first half; gate_up [m, 2 * gate.n]
-  // is scratch for the two projections (gate then up in each row). A backend may fuse it.
-  [[nodiscard]] virtual Status gate_up_silu(Act x, int64_t m, int64_t k, const WeightTensor& gate,
-                                            const WeightTensor& up, Act gate_up, Act act) {
+  // act [m, gate.n] = silu(x'·gateᵀ) * (x'·upᵀ), the MLP's first half, where x' is
+  // rms_norm(x) * norm.weight; gate_up [m, 2 * gate.n] is scratch for the two projections
+  // (gate then up in each row). A backend may fuse it.
+  [[nodiscard]] virtual Status gate_up_silu(Act x, const RowNorm& norm, int64_t m, int64_t k,
+                                            const WeightTensor& gate, const WeightTensor& up, Act gate_up, Act act) {
     const int64_t width = gate.n;
     const MatmulTarget targets[] = {{&gate, gate_up, 2 * width, {}}, {&up, gate_up + width, 2 * width, {}}};
-    TESSERA_RETURN_IF_ERROR(matmul(x, m, k, targets));
+    TESSERA_RETURN_IF_ERROR(normed_matmul(x, norm, m, k, targets));
     return silu_mul(gate_up, act, m, width);
   }
   // out = silu(gate) * up, where each row of gate_up [rows, 2 * width] holds gate then up.

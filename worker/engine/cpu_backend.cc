@@ -104,12 +104,6 @@ Status CpuBackend::rms_norm(Act x, Act weight, float eps, Act out, int64_t rows,
   return Status::ok();
 }
 
-Status CpuBackend::add_rms_norm(Act residual, Act y, float y_scale, Act weight, float eps, Act out, int64_t rows,
-                                int64_t width) {
-  kc::add_scaled(residual.as<float>(), y.as<float>(), rows * width, y_scale);
-  return rms_norm(residual, weight, eps, out, rows, width);
-}
-
 Status CpuBackend::matmul(Act x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) {
   kc::MatmulOutput outputs[8];
   if (targets.size() > std::size(outputs)) return invalid_argument("matmul: at most 8 outputs per call");

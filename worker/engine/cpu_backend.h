@@ -32,8 +32,6 @@ class CpuBackend final : public Backend {
   Status begin_step(const StepLayout& layout) override;
   Status embed(const WeightTensor& table, float scale, Act out) override;
   Status rms_norm(Act x, Act weight, float eps, Act out, int64_t rows, int64_t width) override;
-  Status add_rms_norm(Act residual, Act y, float y_scale, Act weight, float eps, Act out, int64_t rows,
-                      int64_t width) override;
   Status matmul(Act x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) override;
   Status attention(const AttentionOp& op) override;
   Status silu_mul(Act gate_up, Act out, int64_t rows, int64_t width) override;

@@ -443,18 +443,45 @@ Status CudaBackend::rms_norm(Act x, Act weight, float eps, Act out, int64_t rows
                        impl_->stream);
 }
 
-Status CudaBackend::add_rms_norm(Act residual, Act y, float y_scale, Act weight, float eps, Act out, int64_t rows,
-                                 int64_t width) {
-  if (y_scale != 1.0f) {
-    TESSERA_RETURN_IF_ERROR(add(residual, y, rows * width, y_scale));
-    return rms_norm(residual, weight, eps, out, rows, width);
-  }
-  return kcu::rms_norm({y.as<const Bf16>(), residual.as<Bf16>(), weight.as<const Bf16>(), out.as<Bf16>(), rows, width,
-                        eps},
-                       impl_->stream);
+namespace {
+
+// The one-row GEMV folds the norm into its staging of the row when the buffers allow.
+bool gemv_takes_norm(Act x, const RowNorm& norm, int64_t m, int64_t k) {
+  return m == 1 && k % 8 == 0 && k <= kcu::launch::kGemvMaxK &&
+         (reinterpret_cast<uintptr_t>(x.data()) | reinterpret_cast<uintptr_t>(norm.weight.data())) % 16 == 0;
 }
 
+}  // namespace
+
 Status CudaBackend::matmul(Act x, int64_t m_rows, int64_t k, std::span<const MatmulTarget> targets) {
+  return run_matmul(x, nullptr, m_rows, k, targets);
+}
+
+Status CudaBackend::normed_matmul(Act x, const RowNorm& norm, int64_t m, int64_t k,
+                                  std::span<const MatmulTarget> targets) {
+  if (!gemv_takes_norm(x, norm, m, k)) return Backend::normed_matmul(x, norm, m, k, targets);
+  return run_matmul(x, &norm, m, k, targets);
+}
+
+Status CudaBackend::matmul_add(Act x, int64_t m, int64_t k, const WeightTensor& w, Act residual, float scale,
+                               Act scratch) {
+  if (scale != 1.0f || w.type != GgmlType::kBF16 || w.k != k) {
+    return Backend::matmul_add(x, m, k, w, residual, scale, scratch);
+  }
+  // C += A·Wᵀ: cuBLASLt's beta, or the GEMV's epilogue.
+  kcu::GemmParams p;
+  p.a = x.as<const Bf16>();
+  p.w = reinterpret_cast<const Bf16*>(w.data);
+  p.c = residual.as<Bf16>();
+  p.m = m;
+  p.n = w.n;
+  p.k = k;
+  p.accumulate = true;
+  return impl_->gemm->run(p, impl_->stream);
+}
+
+Status CudaBackend::run_matmul(Act x, const RowNorm* norm, int64_t m_rows, int64_t k,
+                               std::span<const MatmulTarget> targets) {
   Impl& m = *impl_;
   size_t i = 0;
   while (i < targets.size()) {
@@ -486,6 +513,10 @@ Status CudaBackend::matmul(Act x, int64_t m_rows, int64_t k, std::span<const Mat
     p.n = n;
     p.k = k;
     p.ldc = stride;
+    if (norm) {
+      p.norm_weight = norm->weight.as<const Bf16>();
+      p.norm_eps = norm->eps;
+    }
     TESSERA_RETURN_IF_ERROR(m.gemm->run(p, m.stream));
     for (size_t t = i; t < j; ++t) {
       if (!targets[t].bias) continue;
@@ -576,12 +607,13 @@ Status CudaBackend::silu_mul(Act gate_up, Act out, int64_t rows, int64_t width) 
   return kcu::silu_mul({gate_up.as<const Bf16>(), out.as<Bf16>(), rows, width}, impl_->stream);
 }
 
-Status CudaBackend::gate_up_silu(Act x, int64_t m, int64_t k, const WeightTensor& gate, const WeightTensor& up,
-                                 Act gate_up, Act act) {
-  // One row, the up rows right after the gate rows: one GEMV writes the activation.
-  if (m == 1 && k % 8 == 0 && gate.type == GgmlType::kBF16 && up.type == GgmlType::kBF16 && gate.k == k &&
-      up.k == k && up.n == gate.n && up.data == gate.data + gate.bytes &&
-      (reinterpret_cast<uintptr_t>(x.data()) | reinterpret_cast<uintptr_t>(gate.data)) % 16 == 0) {
+Status CudaBackend::gate_up_silu(Act x, const RowNorm& norm, int64_t m, int64_t k, const WeightTensor& gate,
+                                 const WeightTensor& up, Act gate_up, Act act) {
+  // One row, the up rows right after the gate rows: one GEMV normalizes the row and writes
+  // the activation.
+  if (gemv_takes_norm(x, norm, m, k) && gate.type == GgmlType::kBF16 && up.type == GgmlType::kBF16 &&
+      gate.k == k && up.k == k && up.n == gate.n && up.data == gate.data + gate.bytes &&
+      reinterpret_cast<uintptr_t>(gate.data) % 16 == 0) {
     kcu::GemmParams p;
     p.a = x.as<const Bf16>();
     p.w = reinterpret_cast<const Bf16*>(gate.data);
@@ -590,9 +622,11 @@ Status CudaBackend::gate_up_silu(Act x, int64_t m, int64_t k, const WeightTensor
     p.n = gate.n;
     p.k = k;
     p.gate_up_silu = true;
+    p.norm_weight = norm.weight.as<const Bf16>();
+    p.norm_eps = norm.eps;
     return impl_->gemm->run(p, impl_->stream);
   }
-  return Backend::gate_up_silu(x, m, k, gate, up, gate_up, act);
+  return Backend::gate_up_silu(x, norm, m, k, gate, up, gate_up, act);
 }
 
 Status CudaBackend::add(Act x, Act y, int64_t count, float scale) {

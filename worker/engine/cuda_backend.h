@@ -51,13 +51,15 @@ class CudaBackend final : public Backend {
   Status begin_step(const StepLayout& layout) override;
   Status embed(const WeightTensor& table, float scale, Act out) override;
   Status rms_norm(Act x, Act weight, float eps, Act out, int64_t rows, int64_t width) override;
-  Status add_rms_norm(Act residual, Act y, float y_scale, Act weight, float eps, Act out, int64_t rows,
-                      int64_t width) override;
   Status matmul(Act x, int64_t m, int64_t k, std::span<const MatmulTarget> targets) override;
+  Status normed_matmul(Act x, const RowNorm& norm, int64_t m, int64_t k,
+                       std::span<const MatmulTarget> targets) override;
+  Status matmul_add(Act x, int64_t m, int64_t k, const WeightTensor& w, Act residual, float scale,
+                    Act scratch) override;
   Status attention(const AttentionOp& op) override;
   Status silu_mul(Act gate_up, Act out, int64_t rows, int64_t width) override;
-  Status gate_up_silu(Act x, int64_t m, int64_t k, const WeightTensor& gate, const WeightTensor& up, Act gate_up,
-                      Act act) override;
+  Status gate_up_silu(Act x, const RowNorm& norm, int64_t m, int64_t k, const WeightTensor& gate,
+                      const WeightTensor& up, Act gate_up, Act act) override;
   Status add(Act x, Act y, int64_t count, float scale) override;
   Status gather_rows(Act src, std::span<const int32_t> rows, int64_t width, Act dst) override;
   Status download(Act src, int64_t count, std::span<float> dst) override;
@@ -86,6 +88,8 @@ class CudaBackend final : public Backend {
 
  private:
   struct Impl;
+  // The targets' GEMMs; with a norm, of the normalized rows (only where the GEMV fuses it).
+  Status run_matmul(Act x, const RowNorm* norm, int64_t m, int64_t k, std::span<const MatmulTarget> targets);
   explicit CudaBackend(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
   GraphShape graph_shape_;

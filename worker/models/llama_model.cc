@@ -340,16 +340,15 @@ Status LlamaModel::forward(const engine::StepLayout& layout) {
   const int64_t kv_dim = nkv * hd;
   const int64_t qkv_dim = q_dim + 2 * kv_dim;
   const int64_t num_layers = static_cast<int64_t>(layers_.size());
-  // Each sub-layer's output lands in h_; its residual add is fused with the norm that
-  // follows it (the next sub-layer's, or, after the last layer, none).
+  // Each sub-layer reads its norm of the residual stream x_ (a backend may fold the norm
+  // into the projection that reads it) and adds its output projection to x_.
   TESSERA_RETURN_IF_ERROR(be.embed(embedding_, static_cast<float>(c.embedding_scale), x_));
-  TESSERA_RETURN_IF_ERROR(be.rms_norm(x_, layers_[0].attn_norm, eps, h_, n, hidden));
   for (int64_t li = 0; li < num_layers; ++li) {
     const Layer& l = layers_[static_cast<size_t>(li)];
     const MatmulTarget qkv[] = {{&l.wq, qkv_, qkv_dim, l.bq},
                                 {&l.wk, qkv_ + q_dim, qkv_dim, l.bk},
                                 {&l.wv, qkv_ + q_dim + kv_dim, qkv_dim, l.bv}};
-    TESSERA_RETURN_IF_ERROR(be.matmul(h_, n, hidden, qkv));
+    TESSERA_RETURN_IF_ERROR(be.normed_matmul(x_, {l.attn_norm, eps, h_}, n, hidden, qkv));
     engine::AttentionOp attention;
     attention.layer = li;
     attention.q = qkv_;
@@ -365,28 +364,25 @@ Status LlamaModel::forward(const engine::StepLayout& layout) {
     attention.sliding_window = c.sliding_window;
     attention.out = attn_;
     TESSERA_RETURN_IF_ERROR(be.attention(attention));
-    const MatmulTarget o[] = {{&l.wo, h_, 0, {}}};
-    TESSERA_RETURN_IF_ERROR(be.matmul(attn_, n, q_dim, o));
-    TESSERA_RETURN_IF_ERROR(be.add_rms_norm(x_, h_, residual_scale, l.ffn_norm, eps, h_, n, hidden));
-    TESSERA_RETURN_IF_ERROR(be.gate_up_silu(h_, n, hidden, l.w_gate, l.w_up, gate_up_, act_));
-    const MatmulTarget down[] = {{&l.w_down, h_, 0, {}}};
-    TESSERA_RETURN_IF_ERROR(be.matmul(act_, n, inter, down));
-    if (li + 1 < num_layers) {
-      const Layer& next = layers_[static_cast<size_t>(li + 1)];
-      TESSERA_RETURN_IF_ERROR(be.add_rms_norm(x_, h_, residual_scale, next.attn_norm, eps, h_, n, hidden));
-    } else {
-      TESSERA_RETURN_IF_ERROR(be.add(x_, h_, n * hidden, residual_scale));
-    }
+    TESSERA_RETURN_IF_ERROR(be.matmul_add(attn_, n, q_dim, l.wo, x_, residual_scale, h_));
+    TESSERA_RETURN_IF_ERROR(be.gate_up_silu(x_, {l.ffn_norm, eps, h_}, n, hidden, l.w_gate, l.w_up, gate_up_, act_));
+    TESSERA_RETURN_IF_ERROR(be.matmul_add(act_, n, inter, l.w_down, x_, residual_scale, h_));
   }
   if (sample_rows.empty()) return Status::ok();
   const int64_t s = static_cast<int64_t>(sample_rows.size());
+  const MatmulTarget head[] = {{&lm_head_, logits_, 0, {}}};
+  bool every_row = s == n;
+  for (int64_t r = 0; every_row && r < s; ++r) every_row = sample_rows[static_cast<size_t>(r)] == r;
+  if (every_row && c.logit_scale == 1.0) {
+    // Every row samples, in order (decode steps): the final norm goes into lm_head's input.
+    return be.normed_matmul(x_, {final_norm_, eps, sample_hidden_}, s, hidden, head);
+  }
   TESSERA_RETURN_IF_ERROR(be.gather_rows(x_, sample_rows, hidden, h_));
   TESSERA_RETURN_IF_ERROR(be.rms_norm(h_, final_norm_, eps, sample_hidden_, s, hidden));
   if (c.logit_scale != 1.0) {
     // MiniCPM scales the final hidden state before lm_head: x += (scale - 1) * x.
     TESSERA_RETURN_IF_ERROR(be.add(sample_hidden_, sample_hidden_, s * hidden, static_cast<float>(c.logit_scale) - 1));
   }
-  const MatmulTarget head[] = {{&lm_head_, logits_, 0, {}}};
   return be.matmul(sample_hidden_, s, hidden, head);
 }
 
