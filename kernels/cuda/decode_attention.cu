@@ -26,7 +26,10 @@ __device__ __forceinline__ float2 bf16x2_to_float2(uint32_t bits) {
 // At most 128 registers, so that four blocks fit on a multiprocessor: with three (150
 // registers, once the row list came in) batch-128 decode at context 1024 ran 20 ms a step
 // instead of 16.7 on the H100.
-template <int kHeadDim>
+// kPieces: the sequence is split into pieces (p.split_tokens, p.max_splits), each block
+// writing its piece's softmax state to the workspace and the last one merging them;
+// otherwise each block writes its heads' output.
+template <int kHeadDim, bool kPieces>
 __global__ void __launch_bounds__(kThreads, 4) decode_attention_kernel(DecodeAttentionParams p) {
   pdl_wait();
   constexpr int kLanesPerToken = kHeadDim / 32;            // 32 dimensions (64 bytes) per lane
@@ -39,7 +42,7 @@ __global__ void __launch_bounds__(kThreads, 4) decode_attention_kernel(DecodeAtt
   const int64_t row = p.rows ? p.rows[s] : s;
   const int64_t len = p.seq_lens[row];
   const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
-  const int64_t split = p.split_tokens > 0 ? p.split_tokens : len - lo;
+  const int64_t split = kPieces ? p.split_tokens : len - lo;
   const int64_t begin = lo + static_cast<int64_t>(blockIdx.z) * split;
   if (begin >= len) return;
   const int64_t end = len < begin + split ? len : begin + split;
@@ -84,10 +87,13 @@ __global__ void __launch_bounds__(kThreads, 4) decode_attention_kernel(DecodeAtt
     }
     __syncthreads();
     // The chunk's V rows are requested into L2 now: their loads after the logits and the
-    // softmax then wait for L2, not for DRAM (at batch 1 this kernel is a chain of
-    // round trips, not a stream).
+    // softmax then wait for L2, not for DRAM (at batch 1 this kernel is a chain of round
+    // trips, not a stream: 5.82 ms a step against 5.85 without).
+    // Only when the sequence is split into pieces (few blocks, each a short chain): with a
+    // block per whole sequence (batch 128 at context 1024) the prefetches cost more than
+    // they hide (17.9 ms a step against 16.2 without them, on the H100).
     constexpr int kLinesPerRow = kHeadDim * 2 / 128;
-    for (int i = threadIdx.x; i < n * kLinesPerRow; i += kThreads) {
+    for (int i = threadIdx.x; kPieces && i < n * kLinesPerRow; i += kThreads) {
       const char* line = reinterpret_cast<const char*>(
           p.v_cache + (slot_s[i / kLinesPerRow] * p.num_kv_heads + kv) * kHeadDim) + (i % kLinesPerRow) * 128;
       asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
@@ -212,12 +218,11 @@ __global__ void __launch_bounds__(kThreads, 4) decode_attention_kernel(DecodeAtt
     q_s[h][d] = sum;
   }
   __syncthreads();
-  const bool whole = p.split_tokens <= 0 || p.max_splits <= 1;
   for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
     const int h = i / kHeadDim;
     const int d = i % kHeadDim;
     const int64_t qh = s * p.num_q_heads + kv * group + h;
-    if (whole) {
+    if constexpr (!kPieces) {
       const int64_t out_head = row * p.num_q_heads + kv * group + h;
       p.out[out_head * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(q_s[h][d] / l_s[h]));
     } else {
@@ -229,38 +234,41 @@ __global__ void __launch_bounds__(kThreads, 4) decode_attention_kernel(DecodeAtt
       }
     }
   }
-}
-
-// One block per (query head, sequence): the pieces' states merged into the output.
-template <int kHeadDim>
-__global__ void __launch_bounds__(kHeadDim) merge_pieces_kernel(DecodeAttentionParams p) {
-  pdl_wait();
-  const int64_t qh = static_cast<int64_t>(blockIdx.y) * p.num_q_heads + blockIdx.x;
-  const int64_t row = p.rows ? p.rows[blockIdx.y] : blockIdx.y;
-  const int64_t len = p.seq_lens[row];
-  const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
-  const int64_t num_pieces = (len - lo + p.split_tokens - 1) / p.split_tokens;
-  const float* pieces = p.workspace + qh * p.max_splits * (kHeadDim + 2);
-  // The pieces' maxima read side by side (one thread each), then each thread's sums over
-  // the pieces with their loads batched: not a chain of dependent round trips per piece.
-  float big = -FLT_MAX;
-  for (int64_t k = threadIdx.x; k < num_pieces; k += kHeadDim) big = fmaxf(big, pieces[k * (kHeadDim + 2) + kHeadDim]);
-  for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
-  __shared__ float warp_max[kHeadDim / 32];
-  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = big;
-  __syncthreads();
-  #pragma unroll
-  for (int w = 0; w < kHeadDim / 32; ++w) big = fmaxf(big, warp_max[w]);
-  float num = 0.0f, den = 0.0f;
-  #pragma unroll 8
-  for (int64_t k = 0; k < num_pieces; ++k) {
-    const float* piece = pieces + k * (kHeadDim + 2);
-    const float f = __expf(piece[kHeadDim] - big);
-    num += piece[threadIdx.x] * f;
-    den += piece[kHeadDim + 1] * f;
+  if constexpr (kPieces) {
+    // The last piece of (sequence, KV head) to finish merges them all into the output: no
+    // merge kernel (at batch 1 that was one more launch and round-trip chain per layer).
+    __shared__ bool last_s;
+    __threadfence();  // this block's piece is visible before it is counted
+    __syncthreads();
+    const int64_t num_pieces = (len - lo + split - 1) / split;
+    if (threadIdx.x == 0) {
+      int32_t* count = p.piece_counts + s * p.num_kv_heads + kv;
+      last_s = atomicAdd(count, 1) == num_pieces - 1;
+      if (last_s) *count = 0;  // every piece has counted: ready for the next launch
+    }
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
+      const int h = i / kHeadDim;
+      const int d = i % kHeadDim;
+      const int64_t qh = s * p.num_q_heads + kv * group + h;
+      const float* pieces = p.workspace + qh * p.max_splits * (kHeadDim + 2);
+      // Other blocks wrote them: read through L2 (__ldcg), loads batched.
+      float big = -FLT_MAX;
+      #pragma unroll 8
+      for (int64_t k = 0; k < num_pieces; ++k) big = fmaxf(big, __ldcg(pieces + k * (kHeadDim + 2) + kHeadDim));
+      float num = 0.0f, den = 0.0f;
+      #pragma unroll 8
+      for (int64_t k = 0; k < num_pieces; ++k) {
+        const float* piece = pieces + k * (kHeadDim + 2);
+        const float f = __expf(__ldcg(piece + kHeadDim) - big);
+        num += __ldcg(piece + d) * f;
+        den += __ldcg(piece + kHeadDim + 1) * f;
+      }
+      p.out[(row * p.num_q_heads + kv * group + h) * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
+    }
   }
-  p.out[(row * p.num_q_heads + blockIdx.x) * kHeadDim + threadIdx.x] =
-      __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
 }
 
 template <int kHeadDim>
@@ -268,11 +276,8 @@ void launch_for(const DecodeAttentionParams& p, Stream stream) {
   const bool split = p.split_tokens > 0 && p.max_splits > 1;
   const dim3 grid(static_cast<unsigned>(p.num_kv_heads), static_cast<unsigned>(p.num_seqs),
                   static_cast<unsigned>(split ? p.max_splits : 1));
-  if (launch_pdl(decode_attention_kernel<kHeadDim>, grid, kThreads, 0, stream, p) != cudaSuccess) return;
-  if (split) {
-    launch_pdl(merge_pieces_kernel<kHeadDim>, dim3(static_cast<unsigned>(p.num_q_heads), static_cast<unsigned>(p.num_seqs)),
-               kHeadDim, 0, stream, p);
-  }
+  launch_pdl(split ? decode_attention_kernel<kHeadDim, true> : decode_attention_kernel<kHeadDim, false>, grid, kThreads,
+             0, stream, p);
 }
 
 }  // namespace
