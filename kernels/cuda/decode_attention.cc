@@ -18,9 +18,8 @@ Status decode_attention(const DecodeAttentionParams& p, Stream stream) {
     return invalid_argument("cuda decode_attention: bad shape, stride, window or scale");
   }
   const bool split = p.split_tokens > 0 && p.max_splits > 1;
-  if (split && (p.split_tokens % 64 != 0 || !p.workspace || !p.piece_counts)) {
-    return invalid_argument(
-        "cuda decode_attention: split_tokens must be a multiple of 64, with a workspace and piece counters");
+  if (split && (p.split_tokens % 64 != 0 || !p.workspace)) {
+    return invalid_argument("cuda decode_attention: split_tokens must be a multiple of 64, with a workspace");
   }
   if (p.num_seqs == 0) return Status::ok();
   if (!p.q || !p.k_cache || !p.v_cache || !p.block_tables || !p.seq_lens || !p.out) {
@@ -43,7 +42,6 @@ DecodeSplit plan_decode_split(int64_t num_seqs, int64_t num_q_heads, int64_t num
   plan.max_splits = (max_seq_len + plan.split_tokens - 1) / plan.split_tokens;
   if (plan.max_splits <= 1) return DecodeSplit{};
   plan.workspace_bytes = static_cast<size_t>(num_seqs * num_q_heads * plan.max_splits * (head_dim + 2)) * sizeof(float);
-  plan.piece_counts = blocks;
   return plan;
 }
 

@@ -25,10 +25,12 @@ __device__ __forceinline__ float2 bf16x2_to_float2(uint32_t bits) {
 // logits turned into weights. Each thread keeps eight output dimensions of every head.
 // At most 128 registers, so that four blocks fit on a multiprocessor: with three (150
 // registers, once the row list came in) batch-128 decode at context 1024 ran 20 ms a step
-// instead of 16.7 on the H100.
+// on the H100, 16.2 with the cap.
 // kPieces: the sequence is split into pieces (p.split_tokens, p.max_splits), each block
-// writing its piece's softmax state to the workspace and the last one merging them;
-// otherwise each block writes its heads' output.
+// writing its piece's softmax state to the workspace for merge_pieces_kernel; otherwise
+// each block writes its heads' output. (Merging in the last block of each sequence
+// instead, counted with atomics, was 0.15-0.2 ms a step slower at batch 1 on the H100:
+// its merge is one block's serial chain where the merge kernel spreads it over heads.)
 template <int kHeadDim, bool kPieces>
 __global__ void __launch_bounds__(kThreads, 4) decode_attention_kernel(DecodeAttentionParams p) {
   pdl_wait();
@@ -86,12 +88,11 @@ __global__ void __launch_bounds__(kThreads, 4) decode_attention_kernel(DecodeAtt
       slot_s[i] = static_cast<int64_t>(pages[tt / ps]) * ps + tt % ps;
     }
     __syncthreads();
-    // The chunk's V rows are requested into L2 now: their loads after the logits and the
-    // softmax then wait for L2, not for DRAM (at batch 1 this kernel is a chain of round
-    // trips, not a stream: 5.82 ms a step against 5.85 without).
-    // Only when the sequence is split into pieces (few blocks, each a short chain): with a
-    // block per whole sequence (batch 128 at context 1024) the prefetches cost more than
-    // they hide (17.9 ms a step against 16.2 without them, on the H100).
+    // Split into pieces (few blocks, each a short chain of round trips), the chunk's V rows
+    // are requested into L2 now, so that their loads after the logits and the softmax wait
+    // for L2, not for DRAM: batch 1 at context 1024, 5.82 ms a step against 5.85 without.
+    // Not with a block per whole sequence: at batch 128 the prefetches cost more than they
+    // hide (17.9 ms a step against 16.2 without them, on the H100).
     constexpr int kLinesPerRow = kHeadDim * 2 / 128;
     for (int i = threadIdx.x; kPieces && i < n * kLinesPerRow; i += kThreads) {
       const char* line = reinterpret_cast<const char*>(
@@ -234,41 +235,38 @@ __global__ void __launch_bounds__(kThreads, 4) decode_attention_kernel(DecodeAtt
       }
     }
   }
-  if constexpr (kPieces) {
-    // The last piece of (sequence, KV head) to finish merges them all into the output: no
-    // merge kernel (at batch 1 that was one more launch and round-trip chain per layer).
-    __shared__ bool last_s;
-    __threadfence();  // this block's piece is visible before it is counted
-    __syncthreads();
-    const int64_t num_pieces = (len - lo + split - 1) / split;
-    if (threadIdx.x == 0) {
-      int32_t* count = p.piece_counts + s * p.num_kv_heads + kv;
-      last_s = atomicAdd(count, 1) == num_pieces - 1;
-      if (last_s) *count = 0;  // every piece has counted: ready for the next launch
-    }
-    __syncthreads();
-    if (!last_s) return;
-    __threadfence();
-    for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
-      const int h = i / kHeadDim;
-      const int d = i % kHeadDim;
-      const int64_t qh = s * p.num_q_heads + kv * group + h;
-      const float* pieces = p.workspace + qh * p.max_splits * (kHeadDim + 2);
-      // Other blocks wrote them: read through L2 (__ldcg), loads batched.
-      float big = -FLT_MAX;
-      #pragma unroll 8
-      for (int64_t k = 0; k < num_pieces; ++k) big = fmaxf(big, __ldcg(pieces + k * (kHeadDim + 2) + kHeadDim));
-      float num = 0.0f, den = 0.0f;
-      #pragma unroll 8
-      for (int64_t k = 0; k < num_pieces; ++k) {
-        const float* piece = pieces + k * (kHeadDim + 2);
-        const float f = __expf(__ldcg(piece + kHeadDim) - big);
-        num += __ldcg(piece + d) * f;
-        den += __ldcg(piece + kHeadDim + 1) * f;
-      }
-      p.out[(row * p.num_q_heads + kv * group + h) * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
-    }
+}
+
+// One block per (query head, sequence): the pieces' states merged into the output.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kHeadDim) merge_pieces_kernel(DecodeAttentionParams p) {
+  pdl_wait();
+  const int64_t qh = static_cast<int64_t>(blockIdx.y) * p.num_q_heads + blockIdx.x;
+  const int64_t row = p.rows ? p.rows[blockIdx.y] : blockIdx.y;
+  const int64_t len = p.seq_lens[row];
+  const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
+  const int64_t num_pieces = (len - lo + p.split_tokens - 1) / p.split_tokens;
+  const float* pieces = p.workspace + qh * p.max_splits * (kHeadDim + 2);
+  // The pieces' maxima read side by side (one thread each), then each thread's sums over
+  // the pieces with their loads batched: not a chain of dependent round trips per piece.
+  float big = -FLT_MAX;
+  for (int64_t k = threadIdx.x; k < num_pieces; k += kHeadDim) big = fmaxf(big, pieces[k * (kHeadDim + 2) + kHeadDim]);
+  for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
+  __shared__ float warp_max[kHeadDim / 32];
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = big;
+  __syncthreads();
+  #pragma unroll
+  for (int w = 0; w < kHeadDim / 32; ++w) big = fmaxf(big, warp_max[w]);
+  float num = 0.0f, den = 0.0f;
+  #pragma unroll 8
+  for (int64_t k = 0; k < num_pieces; ++k) {
+    const float* piece = pieces + k * (kHeadDim + 2);
+    const float f = __expf(piece[kHeadDim] - big);
+    num += piece[threadIdx.x] * f;
+    den += piece[kHeadDim + 1] * f;
   }
+  p.out[(row * p.num_q_heads + blockIdx.x) * kHeadDim + threadIdx.x] =
+      __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
 }
 
 template <int kHeadDim>
@@ -276,8 +274,14 @@ void launch_for(const DecodeAttentionParams& p, Stream stream) {
   const bool split = p.split_tokens > 0 && p.max_splits > 1;
   const dim3 grid(static_cast<unsigned>(p.num_kv_heads), static_cast<unsigned>(p.num_seqs),
                   static_cast<unsigned>(split ? p.max_splits : 1));
-  launch_pdl(split ? decode_attention_kernel<kHeadDim, true> : decode_attention_kernel<kHeadDim, false>, grid, kThreads,
-             0, stream, p);
+  if (launch_pdl(split ? decode_attention_kernel<kHeadDim, true> : decode_attention_kernel<kHeadDim, false>, grid,
+                 kThreads, 0, stream, p) != cudaSuccess) {
+    return;
+  }
+  if (split) {
+    launch_pdl(merge_pieces_kernel<kHeadDim>, dim3(static_cast<unsigned>(p.num_q_heads), static_cast<unsigned>(p.num_seqs)),
+               kHeadDim, 0, stream, p);
+  }
 }
 
 }  // namespace

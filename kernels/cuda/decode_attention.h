@@ -24,7 +24,6 @@ struct DecodeSplit {
   int64_t split_tokens = 0;
   int64_t max_splits = 1;
   size_t workspace_bytes = 0;  // 0 without a split
-  int64_t piece_counts = 0;    // DecodeAttentionParams::piece_counts' length; 0 without a split
 };
 DecodeSplit plan_decode_split(int64_t num_seqs, int64_t num_q_heads, int64_t num_kv_heads, int64_t head_dim,
                               int64_t max_seq_len, int num_sms);

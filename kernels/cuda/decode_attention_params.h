@@ -50,9 +50,6 @@ struct DecodeAttentionParams : PagedAttention {
   int64_t split_tokens = 0;
   int64_t max_splits = 1;     // ceil(longest sequence / split_tokens)
   float* workspace = nullptr;  // [num_seqs, num_q_heads, max_splits, head_dim + 2] when split
-  // [num_seqs, num_kv_heads] when split: how many pieces have finished, so that the last
-  // merges them. Zero before the first launch; every launch leaves them zero.
-  int32_t* piece_counts = nullptr;
 };
 
 namespace launch {

@@ -127,16 +127,13 @@ int main() {
     p.split_tokens = plan.split_tokens;
     p.max_splits = plan.max_splits;
     float* workspace = plan.workspace_bytes ? device_alloc<float>(plan.workspace_bytes / 4) : nullptr;
-    int32_t* counts = plan.piece_counts ? device_alloc<int32_t>(plan.piece_counts, 0) : nullptr;
     p.workspace = workspace;
-    p.piece_counts = counts;
     const double ms = time_ms([&] { check(decode_attention(p, nullptr)); });
     const double bytes = 2.0 * batch * ctx * Hkv * D * 2 + 2.0 * batch * Hq * D * 2;
     row("decode_attention", "batch " + std::to_string(batch) + ", ctx 1024, 32/8 heads, d 128, " +
                                 std::to_string(plan.max_splits) + " pieces",
         ms, bytes);
     cudaFree(workspace);
-    cudaFree(counts);
     cudaFree(d_tables);
     cudaFree(d_lens);
     cudaFree(q);

@@ -94,8 +94,6 @@ struct CudaBackend::Impl {
   kcu::DecodeSplit split;
   float* split_workspace = nullptr;
   size_t split_workspace_bytes = 0;
-  int32_t* split_counts = nullptr;  // zero between launches (the kernel resets them)
-  int64_t split_counts_len = 0;
   // Downloads and argmax results pass through pinned memory.
   void* staging = nullptr;
   size_t staging_bytes = 0;
@@ -328,13 +326,6 @@ Status CudaBackend::allocate_kv(const KvShape& shape) {
   auto ws = m.device_alloc(static_cast<int64_t>(m.split_workspace_bytes), "decode attention workspace");
   if (!ws) return ws.status();
   m.split_workspace = static_cast<float*>(*ws);
-  // Its piece counters: a split plan has fewer than 2 blocks per SM of (sequence, KV head).
-  m.split_counts_len = 2 * m.device.num_sms;
-  auto counts = m.device_alloc(m.split_counts_len * 4, "decode attention piece counters");
-  if (!counts) return counts.status();
-  m.split_counts = static_cast<int32_t*>(*counts);
-  TESSERA_CUDA_RETURN(cudaMemset(m.split_counts, 0, static_cast<size_t>(m.split_counts_len) * 4),
-                      "clear the piece counters");
   return Status::ok();
 }
 
@@ -597,7 +588,7 @@ Status CudaBackend::attention(const AttentionOp& op) {
   if (m.split_step != m.step) {
     m.split = kcu::plan_decode_split(decode_rows, op.num_heads, op.num_kv_heads, op.head_dim, m.max_len,
                                      m.device.num_sms);
-    if (m.split.workspace_bytes > m.split_workspace_bytes || m.split.piece_counts > m.split_counts_len) m.split = {};
+    if (m.split.workspace_bytes > m.split_workspace_bytes) m.split = {};
     m.split_step = m.step;
   }
   kcu::DecodeAttentionParams a;
@@ -609,7 +600,6 @@ Status CudaBackend::attention(const AttentionOp& op) {
   a.split_tokens = m.split.split_tokens;
   a.max_splits = m.split.max_splits;
   a.workspace = m.split.workspace_bytes > 0 ? m.split_workspace : nullptr;
-  a.piece_counts = m.split.workspace_bytes > 0 ? m.split_counts : nullptr;
   return kcu::decode_attention(a, m.stream);
 }
 
