@@ -12,7 +12,7 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 constexpr int kRows = kPrefillTileRows;  // query rows per block
-constexpr int kKeys = 64;                // keys per K/V tile
+constexpr int kKeys = 128;               // keys per K/V tile
 constexpr int kWarps = 8;                // each owns 16 query rows
 constexpr int kThreads = kWarps * 32;
 static_assert(kRows == kWarps * 16, "one 16-row MMA strip per warp");
@@ -253,12 +253,16 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
       sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
       l_row[h] = l_row[h] * alpha[h] + sum[h];
     }
-    #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= alpha[0];
-      o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1];
-      o[n][3] *= alpha[1];
+    // Once the rows' maxima settle (most tiles of a long sequence), no row of the warp
+    // rescales: skip the 64 multiplies per lane.
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+      #pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][0] *= alpha[0];
+        o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1];
+        o[n][3] *= alpha[1];
+      }
     }
     // O += P·V: B fragments are V[keys 2q, 2q + 1 (+ 8)][dimension g], which a transposing
     // ldmatrix of (keys kk*16 + 0 or 8.., dims n*8 or n*8 + 8..) delivers for two n at once.
