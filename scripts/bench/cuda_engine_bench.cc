@@ -7,7 +7,7 @@
 //
 //   tessera-bench-cuda-engine --model PATH [--load-format auto|gguf|dummy] [--batches 1,8,32]
 //       [--contexts 128,1024] [--steps 32] [--prefill 512,2048] [--no-graphs]
-//       [--temperature T --top-p P]
+//       [--temperature T --top-p P] [--mixed-chunk P]
 //       [--gpu-memory-utilization 0.9]
 //
 // PATH: a GGUF file, a Hugging Face directory, or (with --load-format dummy) a config.json
@@ -15,6 +15,8 @@
 // the prefix-cache path (the first C-1 tokens' KV counts as cached, zeros), so only the
 // decode steps run; greedy sampling on the device, as a served greedy request does (with
 // --temperature, decode rows are sampled on the device with that temperature and top-p).
+// --mixed-chunk P: after each decode point, the same decodes with a new sequence's
+// P-token prefill chunk in every step (a served step under load: no CUDA graph there).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -119,6 +121,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> prefills{512, 2048, 8192};
   std::vector<int64_t> contexts{1024};
   int64_t steps = 32;
+  int64_t mixed_chunk = 0;  // > 0: also decode steps that carry a prefill chunk of this many tokens
   float temperature = 0.0f, top_p = 1.0f;
   EngineOptions o;
   o.device = EngineDevice::kCuda;
@@ -137,6 +140,7 @@ int main(int argc, char** argv) {
     else if (a == "--prefill") prefills = parse_list(value());
     else if (a == "--contexts") contexts = parse_list(value());
     else if (a == "--steps") steps = std::atoll(value());
+    else if (a == "--mixed-chunk") mixed_chunk = std::atoll(value());
     else if (a == "--no-graphs") o.cuda_graphs = false;
     else if (a == "--temperature") temperature = static_cast<float>(std::atof(value()));
     else if (a == "--top-p") top_p = static_cast<float>(std::atof(value()));
@@ -146,8 +150,8 @@ int main(int argc, char** argv) {
   if (model.empty()) die("--model is required");
   const int64_t max_batch = *std::max_element(batches.begin(), batches.end());
   const int64_t max_prefill = prefills.empty() ? 1 : *std::max_element(prefills.begin(), prefills.end());
-  o.max_sequences = std::max<int64_t>(max_batch, 1);
-  o.max_batch_tokens = std::max(max_batch, max_prefill);
+  o.max_batch_tokens = std::max(max_batch + mixed_chunk, max_prefill);
+  o.max_sequences = std::max<int64_t>(max_batch + (mixed_chunk > 0 ? 1 : 0), 1);
 
   const auto t0 = std::chrono::steady_clock::now();
   auto engine = Engine::load({model, format, 0}, o);
@@ -176,8 +180,10 @@ int main(int argc, char** argv) {
   std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
   for (const int64_t context : contexts)
   for (const int64_t b : batches) {
-    const int64_t pages_per_seq = (context + steps + 8 + ps - 1) / ps;
-    if (b * pages_per_seq > e.num_pages()) {
+    const int64_t decode_steps = mixed_chunk > 0 ? 2 * steps : steps;
+    const int64_t pages_per_seq = (context + decode_steps + 8 + ps - 1) / ps;
+    const int64_t chunk_pages = (mixed_chunk + ps - 1) / ps;
+    if (b * pages_per_seq + chunk_pages > e.num_pages()) {
       std::printf("| decode | %lld | %lld | (KV pool too small) | | | |\n", static_cast<long long>(b),
                   static_cast<long long>(context));
       continue;
@@ -210,6 +216,30 @@ int main(int argc, char** argv) {
       if (!out) die("decode step: " + out.status().to_string());
       if (k >= warm) total += seconds_since(ts);
     }
+    // Then the same decodes with a fresh sequence's prefill chunk riding along each step
+    // (what a serving step under load looks like), the previous chunk's sequence released.
+    double mixed_total = 0;
+    if (mixed_chunk > 0) {
+      uint64_t previous = 0;
+      for (int64_t k = 0; k < warm + steps; ++k) {
+        StepInput in;
+        if (previous != 0) in.released_seq_ids = {previous};
+        for (uint64_t id : ids) in.scheduled.push_back({id, static_cast<uint32_t>(context + warm + steps + k), 1, {}, true});
+        NewSequence ns;
+        ns.seq_id = previous = next_id++;
+        for (int64_t t = 0; t < mixed_chunk; ++t) ns.token_ids.push_back(token(rng));
+        ns.num_prompt_tokens = static_cast<uint32_t>(mixed_chunk);
+        std::vector<int32_t> page_ids;
+        for (int64_t q = 0; q < chunk_pages; ++q) page_ids.push_back(static_cast<int32_t>(b * pages_per_seq + q));
+        in.scheduled.push_back({ns.seq_id, 0, static_cast<uint32_t>(mixed_chunk), page_ids, true});
+        in.new_sequences.push_back(std::move(ns));
+        const auto ts = std::chrono::steady_clock::now();
+        auto out = e.step(in);
+        if (!out) die("mixed step: " + out.status().to_string());
+        if (k >= warm) mixed_total += seconds_since(ts);
+      }
+      ids.push_back(previous);
+    }
     StepInput release;
     release.released_seq_ids = ids;
     check(e.step(release).status(), "release");
@@ -219,6 +249,12 @@ int main(int argc, char** argv) {
     const double floor_ms = bytes / bw * 1e3;
     std::printf("| decode | %lld | %lld | %.3f | %.0f | %.3f | %.0f%% |\n", static_cast<long long>(b),
                 static_cast<long long>(context), ms, static_cast<double>(b) / (ms / 1e3), floor_ms, 100 * floor_ms / ms);
+    if (mixed_chunk > 0) {
+      std::printf("| decode + %lld-token prefill chunk | %lld | %lld | %.3f | %.0f | | |\n",
+                  static_cast<long long>(mixed_chunk), static_cast<long long>(b), static_cast<long long>(context),
+                  mixed_total / static_cast<double>(steps) * 1e3,
+                  static_cast<double>(b) / (mixed_total / static_cast<double>(steps)));
+    }
     std::fflush(stdout);
   }
 
