@@ -102,10 +102,16 @@ int serve(const tessera::Config& config) {
   auto& steps = registry.counter("tessera_worker_steps_total", "Step plans executed.");
   auto& step_seconds = registry.counter("tessera_worker_step_seconds_total",
                                         "Time spent executing step plans (busy share = its rate).");
+  auto& phases = registry.counter("tessera_worker_step_phase_seconds_total",
+                                  "tessera_worker_step_seconds_total in parts: decode (the plan message), prepare (the "
+                                  "step's batch), forward (on a GPU: enqueuing it), sample (on a GPU: waiting for the "
+                                  "device, then the tokens), encode (the result message).",
+                                  {"phase"});
   auto& faults = registry.counter("tessera_worker_faults_total", "Step plans refused (WorkerFault).");
   auto& attachments = registry.counter("tessera_worker_attachments_total", "Attachments the router accepted.");
   std::mutex scrape_mutex;
   double scraped_steps = 0, scraped_step_seconds = 0, scraped_faults = 0, scraped_attachments = 0;
+  double scraped_phases[5] = {};
   auto status = http::StatusServer::start(
       {"0.0.0.0", static_cast<uint16_t>(config.worker.metrics_port), std::chrono::milliseconds(5000), 64},
       {{"/metrics",
@@ -115,6 +121,14 @@ int serve(const tessera::Config& config) {
             const worker::WorkerSessionStats now = s->stats();
             steps.get().advance_to(static_cast<double>(now.num_steps), scraped_steps);
             step_seconds.get().advance_to(now.step_seconds, scraped_step_seconds);
+            const std::pair<const char*, double> parts[] = {{"decode", now.decode_seconds},
+                                                            {"prepare", now.engine.prepare},
+                                                            {"forward", now.engine.forward},
+                                                            {"sample", now.engine.sample},
+                                                            {"encode", now.encode_seconds}};
+            for (size_t i = 0; i < std::size(parts); ++i) {
+              phases.with({parts[i].first}).advance_to(parts[i].second, scraped_phases[i]);
+            }
             faults.get().advance_to(static_cast<double>(now.num_faults), scraped_faults);
             attachments.get().advance_to(static_cast<double>(now.num_attachments), scraped_attachments);
           }

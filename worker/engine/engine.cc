@@ -220,6 +220,19 @@ Status Engine::check_plan(const StepInput& in) const {
 }
 
 Result<StepOutput> Engine::step(const StepInput& in) {
+  const auto start = std::chrono::steady_clock::now();
+  forward_begin_ = forward_end_ = {};
+  Result<StepOutput> out = run_step(in);
+  if (forward_end_ != std::chrono::steady_clock::time_point{}) {
+    const auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
+    phase_seconds_.prepare += seconds(forward_begin_ - start);
+    phase_seconds_.forward += seconds(forward_end_ - forward_begin_);
+    phase_seconds_.sample += seconds(std::chrono::steady_clock::now() - forward_end_);
+  }
+  return out;
+}
+
+Result<StepOutput> Engine::run_step(const StepInput& in) {
   TESSERA_RETURN_IF_ERROR(check_plan(in));
   const uint32_t vocab = config().vocab_size;
   for (uint64_t id : in.released_seq_ids) sequences_.erase(id);
@@ -267,7 +280,9 @@ Result<StepOutput> Engine::step(const StepInput& in) {
   StepOutput out;
   if (token_ids_.empty()) return out;
   const StepLayout layout{token_ids_, positions_, slots_, step_sequences_, sample_rows_};
+  forward_begin_ = std::chrono::steady_clock::now();
   TESSERA_RETURN_IF_ERROR(run_forward(layout));
+  forward_end_ = std::chrono::steady_clock::now();
   // The KV of every scheduled token is now cached, whatever happens to sampling.
   for (const ScheduledSlice& sl : in.scheduled) sequences_.at(sl.seq_id).num_computed += sl.num_tokens;
 

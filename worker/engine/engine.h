@@ -9,6 +9,7 @@
 // Thread: one step thread calls everything; kernels fan out to the OpenMP team.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -102,6 +103,16 @@ struct StepOutput {
   std::vector<float> logits;          // [sampled.size(), vocab] when return_logits
 };
 
+// Where step() spends its time, summed over the steps that ran a forward pass: building
+// the step's batch (prepare); the forward pass (forward: on a GPU, enqueuing it, which
+// returns before the device is done); sampling and bookkeeping after it (sample: on a GPU
+// this includes waiting for the device, since the token ids are what is waited on).
+struct StepPhaseSeconds {
+  double prepare = 0;
+  double forward = 0;
+  double sample = 0;
+};
+
 class Engine {
  public:
   // Opens the model and loads it on the CPU backend.
@@ -111,6 +122,7 @@ class Engine {
   }
 
   [[nodiscard]] Result<StepOutput> step(const StepInput& input);
+  const StepPhaseSeconds& phase_seconds() const { return phase_seconds_; }
   // Whether a sequence of these tokens and sampling options can run here at all: tokens
   // present, inside the vocabulary and the context, options valid. step() refuses a new
   // sequence that fails this; callers can ask before building a plan.
@@ -144,6 +156,7 @@ class Engine {
   // Begins the step on the backend and runs the model over layout: as a replayed CUDA
   // graph (over a padded layout) when the step is decode-only and the backend captures
   // graphs, eagerly otherwise.
+  [[nodiscard]] Result<StepOutput> run_step(const StepInput& input);
   [[nodiscard]] Status run_forward(const StepLayout& layout);
   [[nodiscard]] Status run_graph(const StepLayout& layout);
 
@@ -171,6 +184,9 @@ class Engine {
   std::vector<StepSequence> step_sequences_;
   std::vector<float> logits_;
   std::vector<int32_t> device_ids_;
+  StepPhaseSeconds phase_seconds_;
+  // Set by run_step around its forward pass (zero when it ran none).
+  std::chrono::steady_clock::time_point forward_begin_, forward_end_;
   std::vector<DeviceSamplingRow> device_rows_;
   std::vector<LogitEdit> device_edits_;
 };

@@ -186,16 +186,24 @@ Status WorkerSession::serve_once(bool* final_detach) {
           return failed_precondition("worker: a plan arrived before the attachment was accepted");
         }
         current_step_ = msg.plan().step_id();
-        const auto step_start = std::chrono::steady_clock::now();
+        using Clock = std::chrono::steady_clock;
+        const auto seconds = [](Clock::duration span) { return std::chrono::duration<double>(span).count(); };
+        const auto step_start = Clock::now();
         auto input = step_input_from_proto(msg.plan());
+        const auto decoded = Clock::now();
         Result<engine::StepOutput> out = input ? engine_.step(*input) : Result<engine::StepOutput>(input.status());
         current_step_ = 0;
+        const auto stepped = Clock::now();
+        if (out) *reply.mutable_result() = step_result_to_proto(msg.plan().step_id(), *out);
         {
           std::lock_guard lock(mutex_);
-          stats_.step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+          const auto done = Clock::now();
+          stats_.step_seconds += seconds(done - step_start);
+          stats_.decode_seconds += seconds(decoded - step_start);
+          stats_.engine = engine_.phase_seconds();
+          stats_.encode_seconds += seconds(done - stepped);
         }
         if (out) {
-          *reply.mutable_result() = step_result_to_proto(msg.plan().step_id(), *out);
           std::lock_guard lock(mutex_);
           ++stats_.num_steps;
         } else {

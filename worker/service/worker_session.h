@@ -51,6 +51,10 @@ struct WorkerSessionStats {
   int64_t num_faults = 0;
   int64_t num_heartbeats = 0;
   double step_seconds = 0;  // time spent executing plans (the rest of an attachment is waiting)
+  // step_seconds in parts: decoding the plan message, the engine's phases, encoding the result.
+  double decode_seconds = 0;
+  engine::StepPhaseSeconds engine;
+  double encode_seconds = 0;
 };
 
 class WorkerSession {

@@ -151,7 +151,19 @@ TEST_CASE("the worker serves plans, reports faults, re-dials after a break and e
 
   const auto again = reattached_reply.get_future().get();
   REQUIRE(again.has_fault());  // the old sequence is gone on the new stream
-  REQUIRE(session.stats().num_attachments == 2);
+  const worker::WorkerSessionStats stats = session.stats();
+  REQUIRE(stats.num_attachments == 2);
+  // One plan ran a forward pass: its phases are counted, and they are parts of the time
+  // spent on plans (the two refused plans count only in decode, encode and the total).
+  REQUIRE(stats.num_steps == 1);
+  REQUIRE(stats.num_faults == 2);
+  REQUIRE(stats.engine.forward > 0);
+  REQUIRE(stats.engine.prepare >= 0);
+  REQUIRE(stats.engine.sample > 0);
+  const double parts =
+      stats.decode_seconds + stats.engine.prepare + stats.engine.forward + stats.engine.sample + stats.encode_seconds;
+  REQUIRE(parts <= stats.step_seconds * (1 + 1e-9) + 1e-9);
+  REQUIRE(parts >= 0.5 * stats.step_seconds);
   local.server->Shutdown();
 }
 
