@@ -156,6 +156,20 @@ TEST_CASE("decode attention matches a float64 reference over paged caches", "[cu
   }
 }
 
+TEST_CASE("decode attention over many whole sequences (the 4-head instance's batches)", "[cuda][attention]") {
+  // 143 sequences over 8 KV heads are 1,144 blocks: on an H100 (132 SMs) two waves of the
+  // instance with accumulators for 4 query heads, three of the 8-head one, so the launch
+  // takes the former; 40 sequences over 3 KV heads of 3 (SmolLM2's) stay on the latter.
+  std::mt19937 rng(13);
+  std::uniform_int_distribution<int32_t> len(1, 300);
+  std::vector<int32_t> many(143), few(40);
+  for (int32_t& l : many) l = len(rng);
+  for (int32_t& l : few) l = len(rng);
+  run_case({8, 4, 128, 16, many}, 0, rng);
+  run_case({3, 3, 64, 16, few}, 0, rng);
+  run_case({8, 2, 64, 16, many}, 0, rng);
+}
+
 TEST_CASE("the split plan fills the GPU only when sequences and heads do not", "[cuda][attention]") {
   const DecodeSplit one = plan_decode_split(1, 32, 8, 128, 1024, 132);
   CHECK(one.split_tokens % 64 == 0);
