@@ -145,6 +145,32 @@ struct CudaBackend::Impl {
     return p;
   }
 
+  // Replaces the device buffer `p` (from device_alloc, or null) with a new one of `bytes`,
+  // once the stream is done with the old one. On failure `p` is null, not dangling.
+  template <typename T>
+  Status device_realloc(T*& p, int64_t bytes, std::string_view what) {
+    TESSERA_CUDA_RETURN(cudaStreamSynchronize(stream), "synchronize");
+    if (p) {
+      std::erase(allocations, static_cast<void*>(p));
+      cudaFree(p);
+      p = nullptr;
+    }
+    auto dev = device_alloc(bytes, what);
+    if (!dev) return dev.status();
+    p = static_cast<T*>(*dev);
+    return Status::ok();
+  }
+
+  // The first `n` token ids the last argmax or sampling kernel wrote, waiting for the step.
+  Status download_ids(int64_t n, std::span<int32_t> out, const char* what) {
+    TESSERA_RETURN_IF_ERROR(ensure_staging(static_cast<size_t>(n) * 4));
+    TESSERA_CUDA_RETURN(cudaMemcpyAsync(staging, argmax_dev, static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, stream),
+                        what);
+    TESSERA_CUDA_RETURN(cudaStreamSynchronize(stream), "step");
+    std::memcpy(out.data(), staging, static_cast<size_t>(n) * 4);
+    return Status::ok();
+  }
+
   Status ensure_staging(size_t bytes) {
     if (bytes <= staging_bytes) return Status::ok();
     if (capturing) return failed_precondition("cuda: staging buffer grows during a graph capture");
@@ -161,18 +187,12 @@ struct CudaBackend::Impl {
     if (entries <= tables_capacity) return Status::ok();
     TESSERA_CUDA_RETURN(cudaStreamSynchronize(stream), "synchronize");
     const int64_t want = std::max(entries, 2 * tables_capacity);
+    tables_capacity = 0;  // until both buffers are in place
     if (tables_host) cudaFreeHost(tables_host);
     tables_host = nullptr;
     TESSERA_CUDA_RETURN(cudaMallocHost(reinterpret_cast<void**>(&tables_host), static_cast<size_t>(want) * 4),
                         "pinned block tables");
-    if (tables_dev) {
-      std::erase(allocations, static_cast<void*>(tables_dev));
-      cudaFree(tables_dev);
-      tables_dev = nullptr;
-    }
-    auto dev = device_alloc(want * 4, "block tables");
-    if (!dev) return dev.status();
-    tables_dev = static_cast<int32_t*>(*dev);
+    TESSERA_RETURN_IF_ERROR(device_realloc(tables_dev, want * 4, "block tables"));
     tables_capacity = want;
     return Status::ok();
   }
@@ -661,13 +681,7 @@ Status CudaBackend::argmax(Act logits, int64_t rows, int64_t vocab, std::span<in
   Impl& m = *impl_;
   if (static_cast<int64_t>(out.size()) < rows || rows > m.capacity) return invalid_argument("cuda argmax: bad size");
   TESSERA_RETURN_IF_ERROR(kcu::argmax({logits.data(), vocab, m.argmax_dev, rows, vocab, true}, m.stream));
-  TESSERA_RETURN_IF_ERROR(m.ensure_staging(static_cast<size_t>(rows) * 4));
-  TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.staging, m.argmax_dev, static_cast<size_t>(rows) * 4, cudaMemcpyDeviceToHost,
-                                      m.stream),
-                      "argmax download");
-  TESSERA_CUDA_RETURN(cudaStreamSynchronize(m.stream), "step");
-  std::memcpy(out.data(), m.staging, static_cast<size_t>(rows) * 4);
-  return Status::ok();
+  return m.download_ids(rows, out, "argmax download");
 }
 
 Status CudaBackend::sample(Act logits, int64_t vocab, std::span<const DeviceSamplingRow> rows,
@@ -680,26 +694,15 @@ Status CudaBackend::sample(Act logits, int64_t vocab, std::span<const DeviceSamp
   const int64_t rows_bytes = align_up(n * static_cast<int64_t>(sizeof(DeviceSamplingRow)));
   const int64_t bytes = rows_bytes + static_cast<int64_t>(edits.size_bytes());
   if (bytes > m.sample_params_bytes) {
-    TESSERA_CUDA_RETURN(cudaStreamSynchronize(m.stream), "synchronize");
-    if (m.sample_params_dev) {
-      std::erase(m.allocations, static_cast<void*>(m.sample_params_dev));
-      cudaFree(m.sample_params_dev);
-    }
-    auto p = m.device_alloc(std::max(bytes, int64_t{1} << 16), "sampling parameters");
-    if (!p) return p.status();
-    m.sample_params_dev = static_cast<std::byte*>(*p);
-    m.sample_params_bytes = std::max(bytes, int64_t{1} << 16);
+    const int64_t want = std::max(bytes, int64_t{1} << 16);
+    m.sample_params_bytes = 0;
+    TESSERA_RETURN_IF_ERROR(m.device_realloc(m.sample_params_dev, want, "sampling parameters"));
+    m.sample_params_bytes = want;
   }
   if (n * vocab > m.sample_workspace_floats) {
-    TESSERA_CUDA_RETURN(cudaStreamSynchronize(m.stream), "synchronize");
-    if (m.sample_workspace) {
-      std::erase(m.allocations, static_cast<void*>(m.sample_workspace));
-      cudaFree(m.sample_workspace);
-    }
     const int64_t floats = std::max(n, m.options.max_sequences) * vocab;
-    auto p = m.device_alloc(floats * 4, "sampling workspace");
-    if (!p) return p.status();
-    m.sample_workspace = static_cast<float*>(*p);
+    m.sample_workspace_floats = 0;
+    TESSERA_RETURN_IF_ERROR(m.device_realloc(m.sample_workspace, floats * 4, "sampling workspace"));
     m.sample_workspace_floats = floats;
   }
   TESSERA_RETURN_IF_ERROR(m.ensure_staging(static_cast<size_t>(std::max<int64_t>(bytes, n * 4))));
@@ -719,12 +722,7 @@ Status CudaBackend::sample(Act logits, int64_t vocab, std::span<const DeviceSamp
   p.vocab = vocab;
   TESSERA_RETURN_IF_ERROR(kcu::sample(p, m.stream));
   // The staging buffer is read by the upload above; the stream orders the copy back after it.
-  TESSERA_CUDA_RETURN(cudaMemcpyAsync(m.staging, m.argmax_dev, static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost,
-                                      m.stream),
-                      "sampled tokens download");
-  TESSERA_CUDA_RETURN(cudaStreamSynchronize(m.stream), "step");
-  std::memcpy(out.data(), m.staging, static_cast<size_t>(n) * 4);
-  return Status::ok();
+  return m.download_ids(n, out, "sampled tokens download");
 }
 
 Status CudaBackend::begin_capture() {
