@@ -435,6 +435,15 @@ def plot(points: list[dict], out_dir: str, title: str) -> list[str]:
     import os
     os.makedirs(out_dir, exist_ok=True)
     files = []
+
+    def save(fig, caption: str, name: str):
+        fig.suptitle(f"{title}: {caption}", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        files.append(path)
+
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for p in points:
         ok = [r for r in p["requests"] if r["ok"]]
@@ -450,12 +459,7 @@ def plot(points: list[dict], out_dir: str, title: str) -> list[str]:
     axes[0].set_ylabel("fraction of requests")
     axes[1].set_ylabel("fraction of token gaps")
     axes[-1].legend(fontsize=7)
-    fig.suptitle(f"{title}: latency CDFs", fontsize=10)
-    fig.tight_layout()
-    f = os.path.join(out_dir, "latency_cdf.png")
-    fig.savefig(f, dpi=80)
-    plt.close(fig)
-    files.append(f)
+    save(fig, "latency CDFs", "latency_cdf.png")
     if len(points) > 1:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         groups: dict[str, list] = {}
@@ -480,12 +484,7 @@ def plot(points: list[dict], out_dir: str, title: str) -> list[str]:
         for ax in axes:
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{title}: throughput against load", fontsize=10)
-        fig.tight_layout()
-        f = os.path.join(out_dir, "throughput.png")
-        fig.savefig(f, dpi=80)
-        plt.close(fig)
-        files.append(f)
+        save(fig, "throughput against load", "throughput.png")
     return files
 
 
