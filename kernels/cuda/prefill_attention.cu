@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/cuda/prefill_attention_params.h"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace tessera::kernels::cuda {
 
@@ -292,6 +293,199 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   }
 }
 
+// Head dimension 128 on Hopper: the same flash-attention-2 walk over 128-key tiles, with
+// the two products on the warpgroup tensor-core path (wgmma, kernels/cuda/wgmma.cuh)
+// instead of mma.sync: one instruction per 64×128×16 block where mma.sync takes 64, and
+// no ldmatrix (the tensor cores read Q, K and V from shared memory themselves). Two
+// warpgroups of 64 query rows share each K/V tile; S = Q·Kᵀ reads Q and K from shared
+// memory, the softmax runs in registers, and O += P·V takes P from registers (the
+// accumulator layout of S is the A-fragment layout of P) and V transposed from shared
+// memory. Tiles are stored 128-byte swizzled, so no padding.
+constexpr int kWgKeys = 128;
+constexpr int kWgThreads = 256;  // two warpgroups
+struct WgLayout {
+  static constexpr int kD = 128;
+  static constexpr int kRowBytes = kD * 2;                // two 128-byte panels per row
+  static constexpr int kTileBytes = kWgKeys * kRowBytes;  // one K or V tile
+  static constexpr int kQ = 0;
+  static constexpr int kK = kQ + kRows * kRowBytes;  // K tiles 0 and 1
+  static constexpr int kV = kK + 2 * kTileBytes;     // V tiles 0 and 1
+  static constexpr int kBytes = kV + 2 * kTileBytes + 1024;  // + slack to align the start to 1024 bytes
+};
+
+__global__ void __launch_bounds__(kWgThreads, 1) prefill_attention_wgmma_kernel(PrefillAttentionParams p) {
+  using L = WgLayout;
+  constexpr int D = L::kD;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (wgmma::smem_address(smem_raw) & 1023)) & 1023);
+  unsigned char* q_s = smem + L::kQ;
+
+  const PrefillTile tile = p.tiles[p.num_tiles - 1 - blockIdx.x];  // longest tiles first
+  const int head = blockIdx.y;
+  const int kv_head = head / static_cast<int>(p.num_q_heads / p.num_kv_heads);
+  const int64_t q_stride = p.q_stride > 0 ? p.q_stride : p.num_q_heads * D;
+  const int64_t out_stride = p.num_q_heads * D;
+  const int32_t* pages = p.block_tables + static_cast<int64_t>(tile.table_row) * p.max_pages_per_seq;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, qd = lane & 3;
+  const int group = warp >> 2;  // warpgroup: query rows 64·group ..
+
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kWgThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    uint4 w = make_uint4(0, 0, 0, 0);
+    if (r < tile.num_rows) {
+      w = *reinterpret_cast<const uint4*>(p.q + (tile.row_begin + r) * q_stride + head * D + c * 8);
+    }
+    *reinterpret_cast<uint4*>(q_s + wgmma::chunk_offset(kRows, r, c)) = w;
+  }
+  wgmma::fence_shared_for_async();  // the barrier after the first K/V tile publishes it
+
+  float o[D / 2];  // 64 rows × 128 dimensions over the warpgroup's 128 threads
+  #pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+  const int r_local[2] = {group * 64 + (warp & 3) * 16 + g, group * 64 + (warp & 3) * 16 + g + 8};
+  int pos[2], row_lo[2];
+  #pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    pos[h] = r_local[h] < tile.num_rows ? tile.first_pos + r_local[h] : -1;
+    row_lo[h] = p.sliding_window > 0 ? pos[h] + 1 - static_cast<int>(p.sliding_window) : 0;
+  }
+  const float scale_log2 = p.scale * 1.4426950408889634f;
+  const int page_size = static_cast<int>(p.page_size);
+  const bool page_pow2 = (page_size & (page_size - 1)) == 0;
+  const int page_shift = __ffs(page_size) - 1;
+  const int64_t hi = tile.first_pos + tile.num_rows;
+  const int64_t lo = p.sliding_window > 0 && tile.first_pos + 1 > p.sliding_window
+                         ? tile.first_pos + 1 - p.sliding_window
+                         : 0;
+  auto load_tile = [&](int64_t k0, int buffer) {
+    unsigned char* k_dst = smem + L::kK + buffer * L::kTileBytes;
+    unsigned char* v_dst = smem + L::kV + buffer * L::kTileBytes;
+    const int c = threadIdx.x % kChunks;
+    for (int j = threadIdx.x / kChunks; j < kWgKeys; j += kWgThreads / kChunks) {
+      const int64_t t = k0 + j;
+      const bool inside = t < hi;
+      int64_t at = 0;
+      if (inside) {
+        const int tt = static_cast<int>(t);
+        const int page = page_pow2 ? tt >> page_shift : tt / page_size;
+        const int64_t slot = static_cast<int64_t>(pages[page]) * page_size + (tt - page * page_size);
+        at = (slot * p.num_kv_heads + kv_head) * D + c * 8;
+      }
+      const uint32_t off = wgmma::chunk_offset(kWgKeys, j, c);
+      cp_async16(k_dst + off, p.k_cache + at, inside);
+      cp_async16(v_dst + off, p.v_cache + at, inside);
+    }
+    cp_async_commit();
+  };
+  const uint32_t q_addr = wgmma::smem_address(q_s) + group * 64 * 128;
+  const int64_t first_key = lo / kWgKeys * kWgKeys;
+  if (first_key < hi) load_tile(first_key, 0);
+  int buffer = 0;
+  for (int64_t k0 = first_key; k0 < hi; k0 += kWgKeys, buffer ^= 1) {
+    if (k0 + kWgKeys < hi) {
+      load_tile(k0 + kWgKeys, buffer ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    wgmma::fence_shared_for_async();
+    __syncthreads();
+    const uint32_t k_addr = wgmma::smem_address(smem + L::kK + buffer * L::kTileBytes);
+    const uint32_t v_addr = wgmma::smem_address(smem + L::kV + buffer * L::kTileBytes);
+
+    // S = Q·Kᵀ over the 8 16-dimension steps (K-major Q and K: panel kk / 4, 32 bytes a step).
+    float s[kWgKeys / 2];
+    wgmma::fence();
+    #pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t step = (kk & 3) * 32;
+      const uint64_t a = wgmma::descriptor(q_addr + (kk >> 2) * (kRows * 128) + step, 16, 1024);
+      const uint64_t b = wgmma::descriptor(k_addr + (kk >> 2) * (kWgKeys * 128) + step, 16, 1024);
+      wgmma::m64n128k16_ss(s, a, b, kk > 0);
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+
+    const bool whole = k0 + kWgKeys - 1 <= tile.first_pos && p.sliding_window == 0;
+    float tile_max[2] = {-INFINITY, -INFINITY};
+    #pragma unroll
+    for (int j = 0; j < kWgKeys / 8; ++j) {
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        if (!whole) {
+          const int t = static_cast<int>(k0) + j * 8 + 2 * qd + (e & 1);
+          if (t > pos[h] || t < row_lo[h]) s[4 * j + e] = -INFINITY;
+        }
+        tile_max[h] = fmaxf(tile_max[h], s[4 * j + e]);
+      }
+    }
+    float alpha[2], m_scaled[2];
+    #pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+      const float m_new = fmaxf(m_row[h], tile_max[h]);
+      alpha[h] = m_new == -INFINITY ? 1.0f : fast_exp2((m_row[h] - m_new) * scale_log2);
+      m_scaled[h] = m_new == -INFINITY ? 0.0f : m_new * scale_log2;
+      m_row[h] = m_new;
+    }
+    float sum[2] = {0.0f, 0.0f};
+    uint32_t pa[kWgKeys / 16][4];
+    #pragma unroll
+    for (int j = 0; j < kWgKeys / 8; ++j) {
+      float w[4];
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e >> 1;
+        w[e] = fast_exp2(fmaf(s[4 * j + e], scale_log2, -m_scaled[h]));
+        sum[h] += w[e];
+      }
+      pa[j / 2][(j & 1) * 2 + 0] = pack_bf16(w[0], w[1]);
+      pa[j / 2][(j & 1) * 2 + 1] = pack_bf16(w[2], w[3]);
+    }
+    #pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 1);
+      sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
+      l_row[h] = l_row[h] * alpha[h] + sum[h];
+    }
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+      #pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[4 * n + 0] *= alpha[0];
+        o[4 * n + 1] *= alpha[0];
+        o[4 * n + 2] *= alpha[1];
+        o[4 * n + 3] *= alpha[1];
+      }
+    }
+    // O += P·V over the 8 16-key steps (V MN-major: LBO = the panel stride, 16 keys = 2048 bytes a step).
+    wgmma::fence();
+    #pragma unroll
+    for (int kk = 0; kk < kWgKeys / 16; ++kk) {
+      const uint64_t b = wgmma::descriptor(v_addr + kk * 16 * 128, kWgKeys * 128, 1024);
+      wgmma::m64n128k16_rs_mn(o, pa[kk], b);
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+    __syncthreads();  // both warpgroups are done with this buffer before it is refilled
+  }
+  #pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (pos[h] < 0) continue;
+    const float inv = 1.0f / l_row[h];
+    Bf16* out = p.out + (tile.row_begin + r_local[h]) * out_stride + head * D + 2 * qd;
+    #pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<uint32_t*>(out + n * 8) = pack_bf16(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+    }
+  }
+}
+
 template <int D>
 const char* launch_for(const PrefillAttentionParams& p, Stream stream) {
   static const cudaError_t configured = cudaFuncSetAttribute(
@@ -303,12 +497,22 @@ const char* launch_for(const PrefillAttentionParams& p, Stream stream) {
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
+const char* launch_wgmma(const PrefillAttentionParams& p, Stream stream) {
+  static const cudaError_t configured = cudaFuncSetAttribute(
+      prefill_attention_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WgLayout::kBytes);
+  if (configured != cudaSuccess) return cudaGetErrorString(configured);
+  const dim3 grid(static_cast<unsigned>(p.num_tiles), static_cast<unsigned>(p.num_q_heads));
+  prefill_attention_wgmma_kernel<<<grid, kWgThreads, WgLayout::kBytes, stream>>>(p);
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
 }  // namespace
 
 namespace launch {
 
 const char* prefill_attention(const PrefillAttentionParams& p, Stream stream) {
-  return p.head_dim == 64 ? launch_for<64>(p, stream) : launch_for<128>(p, stream);
+  return p.head_dim == 64 ? launch_for<64>(p, stream) : launch_wgmma(p, stream);
 }
 
 }  // namespace launch

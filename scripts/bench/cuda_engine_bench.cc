@@ -8,7 +8,7 @@
 //   tessera-bench-cuda-engine --model PATH [--load-format auto|gguf|dummy] [--batches 1,8,32]
 //       [--contexts 128,1024] [--steps 32] [--prefill 512,2048] [--no-graphs]
 //       [--temperature T --top-p P] [--mixed-chunk P]
-//       [--gpu-memory-utilization 0.9]
+//       [--gpu-memory-utilization 0.9] [--profile-prefill]
 //
 // PATH: a GGUF file, a Hugging Face directory, or (with --load-format dummy) a config.json
 // or its directory filled with seeded random bf16 weights. Decode contexts are made with
@@ -17,6 +17,9 @@
 // --temperature, decode rows are sampled on the device with that temperature and top-p).
 // --mixed-chunk P: after each decode point, the same decodes with a new sequence's
 // P-token prefill chunk in every step (a served step under load: no CUDA graph there).
+// --profile-prefill: the second run of each prefill size between cudaProfilerStart/Stop,
+// for `ncu --profile-from-start off` (per-kernel times of one prefill step).
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -121,6 +124,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> prefills{512, 2048, 8192};
   std::vector<int64_t> contexts{1024};
   int64_t steps = 32;
+  bool profile_prefill = false;  // the second run of each prefill between cudaProfilerStart/Stop
   int64_t mixed_chunk = 0;  // > 0: also decode steps that carry a prefill chunk of this many tokens
   float temperature = 0.0f, top_p = 1.0f;
   EngineOptions o;
@@ -142,6 +146,7 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::atoll(value());
     else if (a == "--mixed-chunk") mixed_chunk = std::atoll(value());
     else if (a == "--no-graphs") o.cuda_graphs = false;
+    else if (a == "--profile-prefill") profile_prefill = true;
     else if (a == "--temperature") temperature = static_cast<float>(std::atof(value()));
     else if (a == "--top-p") top_p = static_cast<float>(std::atof(value()));
     else if (a == "--gpu-memory-utilization") o.gpu_memory_utilization = std::atof(value());
@@ -282,9 +287,12 @@ int main(int argc, char** argv) {
       for (int64_t k = 0; k < pages; ++k) page_ids.push_back(static_cast<int32_t>(k));
       in.scheduled.push_back({ns.seq_id, 0, static_cast<uint32_t>(p), page_ids, true});
       in.new_sequences.push_back(std::move(ns));
+      const bool profiled = profile_prefill && rep == 1;
+      if (profiled) cudaProfilerStart();
       const auto ts = std::chrono::steady_clock::now();
       auto out = e.step(in);
       if (!out) die("prefill: " + out.status().to_string());
+      if (profiled) cudaProfilerStop();
       if (rep > 0) times.push_back(seconds_since(ts));
       StepInput release;
       release.released_seq_ids = {in.new_sequences[0].seq_id};
