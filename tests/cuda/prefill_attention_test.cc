@@ -1,4 +1,4 @@
-// kernels/cuda/prefill_attention against a float64 reference: chunks of 1 to 2k new tokens
+// kernels/cuda/prefill_attention against a float64 reference: chunks of 1 to 8k new tokens
 // over cached prefixes of 0 to 3k tokens, several sequences per call, pages shuffled over
 // the pool (page size 1 and 16), GQA groups of 1, 2, 4 and 8, head_dim 64 and 128, and a
 // sliding window. The output is poisoned before each run, rows outside the tiles included.
@@ -137,6 +137,12 @@ TEST_CASE("prefill attention matches a float64 reference", "[cuda][attention]") 
       {2, 2, 64, 16, 50, {{0, 150}, {120, 33}}},        // sliding window
       {1, 4, 128, 16, 0, {{0, 2048}}, 97},              // a long prompt, rows sampled
       {1, 4, 64, 16, 0, {{3000, 80}}, 7},               // a long cached prefix
+      // head_dim 128 runs the wgmma kernel: the same cases again on that path.
+      {3, 1, 128, 1, 0, {{0, 130}, {10, 5}}},           // token-level pages, group 1
+      {2, 2, 128, 16, 50, {{0, 150}, {120, 33}}},       // sliding window
+      {2, 8, 128, 16, 300, {{0, 700}}, 5},              // a window longer than a K/V tile
+      {1, 4, 128, 16, 0, {{3000, 80}}, 7},              // a long cached prefix
+      {1, 4, 128, 16, 0, {{0, 8192}}, 251},             // an 8k prompt in one chunk, rows sampled
   };
   for (const Case& c : cases) run_case(c, rng);
 }
