@@ -250,6 +250,9 @@ async def send_request(ep: Endpoint, path: str, payload: dict, req: Request, tim
     return res
 
 
+EOS_MODES = ("ignore_eos", "min_tokens", "generation_config", "none")
+
+
 def build_payload(a, req: Request) -> dict:
     p = {"model": a.model, "prompt": req.prompt, "max_tokens": req.output_len, "temperature": a.temperature,
          "stream": True}
@@ -260,6 +263,8 @@ def build_payload(a, req: Request) -> dict:
         p["ignore_eos"] = True
     elif a.eos == "min_tokens":  # llama-cpp-python's server: EOS is banned until min_tokens
         p["min_tokens"] = req.output_len
+    elif a.eos == "generation_config":  # transformers serve: rejects unknown fields, takes a GenerationConfig
+        p["generation_config"] = json.dumps({"eos_token_id": -1})  # -1: no EOS (its continuous batching)
     return p
 
 
@@ -524,9 +529,10 @@ def add_server_args(ap):
     s.add_argument("--api-key", default=None)
     s.add_argument("--path", default="/v1/completions")
     s.add_argument("--temperature", type=float, default=0.0)
-    s.add_argument("--eos", choices=("ignore_eos", "min_tokens", "none"), default="ignore_eos",
+    s.add_argument("--eos", choices=EOS_MODES, default="ignore_eos",
                    help="how to keep generating past EOS: ignore_eos (Tessera, vLLM, SGLang), "
-                        "min_tokens=max_tokens (llama-cpp-python's server), none")
+                        "min_tokens=max_tokens (llama-cpp-python's server), generation_config with "
+                        "eos_token_id -1 (transformers serve), none")
     s.add_argument("--no-usage-in-stream", dest="usage_in_stream", action="store_false",
                    help="do not send stream_options.include_usage (servers that reject it)")
     s.add_argument("--count-tokens-url", default=None,
