@@ -46,11 +46,15 @@ struct Scheduler::Sequence {
   uint64_t seq_id = 0;          // a fresh worker id at every admission
   bool running = false;
   bool on_worker = false;       // the worker has been told about seq_id
-  int32_t num_computed = 0;     // tokens whose KV is in pages
+  int32_t num_computed = 0;     // tokens whose KV is in pages (results say so)
+  int32_t num_scheduled = 0;    // num_computed plus what plans in flight compute
+  int32_t num_pending_samples = 0;  // slices in flight that sample: tokens not yet known
   std::vector<int32_t> pages;   // this sequence holds one count on each
   bool prompt_cached = false;   // its full prompt pages went into the prefix cache
 
   WaitKey wait_key() const { return {-static_cast<int64_t>(spec.priority), arrival}; }
+  // Tokens the worker will hold once the plans in flight have run.
+  int32_t num_planned_tokens() const { return static_cast<int32_t>(tokens.size()) + num_pending_samples; }
 };
 
 Scheduler::Scheduler(SchedulerOptions options)
@@ -66,6 +70,13 @@ int32_t Scheduler::peak_pages(const Sequence& s) const {
   const auto reserved = static_cast<int64_t>(std::ceil(static_cast<double>(remaining_output) * options_.reserve_output_ratio));
   const int64_t tokens = std::min(known + reserved, ctx);
   return static_cast<int32_t>((tokens + options_.page_size - 1) / options_.page_size);
+}
+
+bool Scheduler::finishes_at_pending_sample(const Sequence& s) const {
+  if (s.num_pending_samples == 0) return false;
+  const uint32_t max_tokens = s.spec.stop.max_tokens;
+  return (max_tokens && s.num_output + static_cast<uint32_t>(s.num_pending_samples) >= max_tokens) ||
+         s.num_planned_tokens() >= options_.max_context_tokens;
 }
 
 Status Scheduler::submit(RequestSpec spec) {
@@ -164,6 +175,8 @@ void Scheduler::preempt(Sequence& victim, Plan& plan) {
   victim.running = false;
   victim.on_worker = false;
   victim.num_computed = 0;
+  victim.num_scheduled = 0;
+  victim.num_pending_samples = 0;  // what the plans in flight sample for it is dropped
   victim.prompt_cached = false;
   waiting_.emplace(victim.wait_key(), &victim);
   waiting_tokens_ += static_cast<int64_t>(victim.tokens.size());
@@ -233,6 +246,8 @@ bool Scheduler::try_admit(Plan& plan) {
     seq.seq_id = next_seq_id_++;
     seq.pages = std::move(match.pages);
     seq.num_computed = match.num_tokens;
+    seq.num_scheduled = match.num_tokens;
+    seq.num_pending_samples = 0;
     seq.num_cached = static_cast<uint32_t>(std::min<int64_t>(match.num_tokens, seq.num_prompt));
     seq.on_worker = true;
     running_.push_back(&seq);
@@ -254,7 +269,7 @@ bool Scheduler::try_admit(Plan& plan) {
 }
 
 Plan Scheduler::next_plan() {
-  assert(!in_flight_);
+  assert(in_flight_.size() < static_cast<size_t>(kMaxPlansInFlight));
   Plan plan;
   plan.step_id = next_step_id_++;
   plan.released_seq_ids = std::move(pending_release_);
@@ -263,40 +278,49 @@ Plan Scheduler::next_plan() {
 
   int32_t budget = options_.max_batch_tokens;
   // Decodes (one token left to compute) first, then prefill chunks, in admission order.
+  // Counted from what the plans in flight leave: a pending sample is a token the worker
+  // will have appended when this plan runs.
   const std::vector<Sequence*> order = running_;
   for (int pass = 0; pass < 2 && budget > 0; ++pass) {
     for (Sequence* s : order) {
       if (budget == 0) break;
       if (!s->running) continue;  // preempted earlier in this plan
-      const int32_t remaining = static_cast<int32_t>(s->tokens.size()) - s->num_computed;
+      if (finishes_at_pending_sample(*s)) continue;
+      const int32_t remaining = s->num_planned_tokens() - s->num_scheduled;
       if (remaining <= 0 || (pass == 0) != (remaining == 1)) continue;
       int32_t n = remaining;
       if (pass == 1 && options_.prefill_chunk_tokens > 0) n = std::min(n, options_.prefill_chunk_tokens);
       n = std::min(n, budget);
       PlanSlice slice;
       slice.seq_id = s->seq_id;
-      slice.start_position = static_cast<uint32_t>(s->num_computed);
+      slice.start_position = static_cast<uint32_t>(s->num_scheduled);
       slice.num_tokens = static_cast<uint32_t>(n);
-      slice.sample = s->num_computed + n == static_cast<int32_t>(s->tokens.size());
-      if (!grow(*s, s->num_computed + n, slice, plan)) continue;
+      slice.sample = s->num_scheduled + n == s->num_planned_tokens();
+      if (!grow(*s, s->num_scheduled + n, slice, plan)) continue;
+      s->num_scheduled += n;
+      if (slice.sample) ++s->num_pending_samples;
       plan.scheduled.push_back(std::move(slice));
       budget -= n;
     }
   }
-  if (!plan.empty()) in_flight_ = plan;
+  if (!plan.empty()) in_flight_.push_back(plan);
   return plan;
 }
 
 std::vector<RequestEvent> Scheduler::on_step_result(const StepOutcome& outcome) {
   std::vector<RequestEvent> events;
-  if (!in_flight_ || outcome.step_id != in_flight_->step_id) return events;
-  const Plan plan = std::move(*in_flight_);
-  in_flight_.reset();
+  if (in_flight_.empty() || outcome.step_id != in_flight_.front().step_id) return events;
+  const Plan plan = std::move(in_flight_.front());
+  in_flight_.pop_front();
   for (const PlanSlice& slice : plan.scheduled) {
+    // Seq ids are never reused: a sequence finished, aborted or preempted (re-admitted
+    // under a new id) since the plan went out is not found, and its slice counts for
+    // nothing (a wasted decode after EOS included).
     auto it = by_seq_.find(slice.seq_id);
-    if (it == by_seq_.end()) continue;  // aborted while in flight
+    if (it == by_seq_.end()) continue;
     Sequence& seq = *it->second;
     seq.num_computed += static_cast<int32_t>(slice.num_tokens);
+    if (slice.sample) --seq.num_pending_samples;
     // A computed prompt is shareable at once: requests arriving now can reuse it.
     if (!seq.prompt_cached && seq.num_computed >= static_cast<int32_t>(seq.num_prompt)) {
       cache_computed_pages(seq);
@@ -349,7 +373,7 @@ std::vector<RequestEvent> Scheduler::on_step_result(const StepOutcome& outcome) 
 
 std::vector<RequestEvent> Scheduler::fail_running(const Status& error) {
   std::vector<RequestEvent> events;
-  in_flight_.reset();
+  in_flight_.clear();
   while (!running_.empty()) events.push_back(finish(*running_.back(), FinishReason::kError, error));
   pending_release_.clear();  // the worker that would have released them is gone
   cache_.clear();

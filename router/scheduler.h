@@ -11,8 +11,19 @@
 //   on_step_result() ─▶ append sampled tokens, finish (EOS, stop ids, max_tokens,
 //                  context), release pages, keep full prompt pages in the prefix cache
 //
-// Native types only (the service's codec converts proto ↔ these). One plan is in flight at
-// a time. Not thread-safe: the group's step loop owns it.
+// Up to kMaxPlansInFlight plans may be in flight: plan N+1 is built before step N's
+// results. That works because the worker runs plans in order and appends each sampled
+// token itself (a slice never carries its input token): a sequence that samples in plan N
+// decodes in plan N+1 at the position of the token N will sample. Planning counts what is
+// scheduled (num_scheduled, pending samples); what is known computed (num_computed, the
+// only thing the prefix cache trusts) moves with results only. A sequence known to finish
+// at its pending sample (max_tokens, context) is not scheduled again; one that stops on
+// EOS or a stop id gets one wasted decode, whose result is ignored. Pages freed while
+// plans are in flight may go to another sequence in a later plan: the worker's in-order
+// execution puts the older plan's writes first.
+//
+// Native types only (the service's codec converts proto ↔ these). Not thread-safe: the
+// group's step loop owns it.
 #pragma once
 
 #include <cstdint>
@@ -147,20 +158,30 @@ class Scheduler {
   // Ends a request wherever it is; its pages are free for the next plan. Returns its
   // final event, or nothing for an unknown (or already finished) id.
   std::optional<RequestEvent> abort(uint64_t request_id);
-  // The next step. Precondition: no plan in flight (on_step_result/fail_running came
-  // back). An empty plan means there is nothing to do and nothing is in flight.
+  static constexpr int32_t kMaxPlansInFlight = 2;
+
+  // The next step, planned on top of the plans in flight (whose results have not come).
+  // Precondition: fewer than kMaxPlansInFlight in flight. An empty plan means there is
+  // nothing more to do until a result comes (or a request, when none is in flight); it
+  // does not go in flight.
   Plan next_plan();
-  bool has_plan_in_flight() const { return in_flight_.has_value(); }
-  // Applies the results of the plan in flight; returns the events to stream.
+  int32_t num_plans_in_flight() const { return static_cast<int32_t>(in_flight_.size()); }
+  // Applies the results of the oldest plan in flight; returns the events to stream. A
+  // result for any other step is ignored (no events): the worker answers in order, and the
+  // service checks that before calling.
   std::vector<RequestEvent> on_step_result(const StepOutcome& outcome);
   // The worker group is gone: every request it was running (or had in flight) ends with
-  // `error`; waiting requests stay queued; the KV state and prefix cache are forgotten.
+  // `error`; waiting requests stay queued; the plans in flight, the KV state and the prefix
+  // cache are forgotten.
   std::vector<RequestEvent> fail_running(const Status& error);
   // Every waiting request ends with `error` (the group stops taking work).
   std::vector<RequestEvent> fail_waiting(const Status& error);
 
   SchedulerStats stats() const;
-  bool idle() const { return running_.empty() && waiting_.empty() && pending_release_.empty(); }
+  // Nothing to run, release or hear back.
+  bool idle() const {
+    return running_.empty() && waiting_.empty() && pending_release_.empty() && in_flight_.empty();
+  }
   const SchedulerOptions& options() const { return options_; }
   // Pages held by running sequences and the cache: the test's leak check.
   const PagePool& pages() const { return pool_; }
@@ -171,6 +192,9 @@ class Scheduler {
   using WaitKey = std::pair<int64_t, uint64_t>;  // (-priority, arrival): the order of waiting_
 
   int32_t peak_pages(const Sequence& s) const;
+  // The sample pending in a plan in flight ends the sequence whatever the token
+  // (max_tokens or the context): nothing more is scheduled for it.
+  bool finishes_at_pending_sample(const Sequence& s) const;
   bool try_admit(Plan& plan);
   // Pages for seq to hold `tokens` tokens; false when none could be found even after
   // evicting and preempting (the sequence waits).
@@ -191,7 +215,7 @@ class Scheduler {
   std::map<WaitKey, Sequence*> waiting_;
   std::vector<Sequence*> running_;  // admission order
   std::vector<uint64_t> pending_release_;  // seq ids the worker must forget next plan
-  std::optional<Plan> in_flight_;
+  std::deque<Plan> in_flight_;  // sent, oldest first; results come in this order
   int64_t waiting_tokens_ = 0;
   int64_t num_preemptions_ = 0;
   int64_t num_prompt_tokens_ = 0;

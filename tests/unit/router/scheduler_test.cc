@@ -2,11 +2,13 @@
 // from the KV pages it was told to use: wrong page tables, a wrong prefix-cache hit or a
 // bad recompute after preemption all change the tokens. Outputs must equal each request
 // run alone, whatever the mix of arrivals, aborts, chunking, caching and preemption, and
-// no page may leak.
+// no page may leak — with each plan answered before the next, and with the next plan
+// built while the worker has not answered the one before (two in flight).
 #include "router/scheduler.h"
 
 #include <catch2/catch.hpp>
 
+#include <deque>
 #include <map>
 #include <random>
 #include <set>
@@ -97,9 +99,17 @@ struct Harness {
   std::map<uint64_t, std::vector<int32_t>> outputs;
   std::map<uint64_t, FinishReason> finished;
   int64_t max_step_tokens = 0;
+  // Plans in flight: 1 answers each plan before the next; 2 builds the next plan first,
+  // as the service does (the worker still runs them in order).
+  int depth = 1;
+  std::deque<Plan> sent;
+  std::map<uint64_t, uint64_t> request_of_seq;
+  // Sequences preempted while a plan in flight still computed for them.
+  int64_t num_preempted_in_flight = 0;
+  std::map<uint64_t, int64_t> num_slices;  // by request
 
-  explicit Harness(SchedulerOptions o)
-      : options(o), scheduler(o), worker(o.num_pages, o.page_size) {}
+  explicit Harness(SchedulerOptions o, int plans_in_flight = 1)
+      : options(o), scheduler(o), worker(o.num_pages, o.page_size), depth(plans_in_flight) {}
 
   void take(const std::vector<RequestEvent>& events) {
     for (const RequestEvent& e : events) {
@@ -109,10 +119,24 @@ struct Harness {
     }
   }
 
-  // One step; false when there was nothing to do.
+  // Plans until `depth` are in flight, then the worker answers the oldest; false when
+  // there was nothing to do.
   bool step() {
-    Plan plan = scheduler.next_plan();
-    if (plan.empty()) return false;
+    while (static_cast<int>(sent.size()) < depth) {
+      Plan plan = scheduler.next_plan();
+      if (plan.empty()) break;
+      check(plan);
+      sent.push_back(std::move(plan));
+    }
+    if (sent.empty()) return false;
+    REQUIRE(scheduler.num_plans_in_flight() == static_cast<int32_t>(sent.size()));
+    const Plan plan = std::move(sent.front());
+    sent.pop_front();
+    take(scheduler.on_step_result(worker.run(plan)));
+    return true;
+  }
+
+  void check(const Plan& plan) {
     int64_t tokens = 0;
     for (const PlanSlice& s : plan.scheduled) {
       tokens += s.num_tokens;
@@ -120,13 +144,21 @@ struct Harness {
     }
     REQUIRE(tokens <= options.max_batch_tokens);
     max_step_tokens = std::max(max_step_tokens, tokens);
-    take(scheduler.on_step_result(worker.run(plan)));
-    return true;
+    for (const PlanNewSequence& n : plan.new_sequences) request_of_seq[n.seq_id] = n.request_id;
+    for (const PlanSlice& sl : plan.scheduled) ++num_slices[request_of_seq.at(sl.seq_id)];
+    // A released sequence whose request goes on was preempted.
+    for (uint64_t id : plan.released_seq_ids) {
+      if (auto r = request_of_seq.find(id); r == request_of_seq.end() || finished.count(r->second)) continue;
+      for (const Plan& p : sent) {
+        for (const PlanSlice& sl : p.scheduled) num_preempted_in_flight += sl.seq_id == id ? 1 : 0;
+      }
+    }
   }
 
   void drain() {
     for (int i = 0; i < 100000 && step(); ++i) {
     }
+    REQUIRE(sent.empty());
     REQUIRE(scheduler.idle());
   }
 
@@ -381,5 +413,348 @@ TEST_CASE("a lost worker group fails running requests and keeps waiting ones", "
   h.take(events);
   h.drain();
   REQUIRE(h.finished.size() == 4);
+  h.require_no_leaks();
+}
+
+// ---- two plans in flight: plan N+1 is built before step N's results ----
+
+namespace {
+
+// One prefill step for short prompts: the whole prompt in one slice.
+SchedulerOptions one_step_prefill_options() {
+  SchedulerOptions o = small_options();
+  o.prefill_chunk_tokens = 0;
+  o.max_batch_tokens = 128;
+  return o;
+}
+
+RequestSpec request(uint64_t id, std::vector<int32_t> prompt, uint32_t max_tokens, bool ignore_eos = true) {
+  RequestSpec r;
+  r.request_id = id;
+  r.prompt = std::move(prompt);
+  r.stop.max_tokens = max_tokens;
+  r.stop.ignore_eos = ignore_eos;
+  return r;
+}
+
+const PlanSlice* slice_of(const Plan& plan, uint64_t seq_id) {
+  for (const PlanSlice& s : plan.scheduled) {
+    if (s.seq_id == seq_id) return &s;
+  }
+  return nullptr;
+}
+
+bool releases(const Plan& plan, uint64_t seq_id) {
+  return std::find(plan.released_seq_ids.begin(), plan.released_seq_ids.end(), seq_id) != plan.released_seq_ids.end();
+}
+
+}  // namespace
+
+TEST_CASE("plan N+1, built before step N's results, decodes what step N samples, and the tokens equal those of plans in lockstep",
+          "[scheduler][pipeline]") {
+  const SchedulerOptions o = one_step_prefill_options();
+  std::mt19937 rng(7);
+  std::vector<RequestSpec> requests;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    requests.push_back(request(id, make_prompt(rng, static_cast<int>(id), static_cast<int>(id)), 20, /*ignore_eos=*/false));
+  }
+  Harness lockstep(o, 1);
+  Harness h(o, 2);
+  for (const RequestSpec& r : requests) {
+    REQUIRE(lockstep.scheduler.submit(r).is_ok());
+    REQUIRE(h.scheduler.submit(r).is_ok());
+  }
+
+  const Plan first = h.scheduler.next_plan();
+  REQUIRE(first.new_sequences.size() == 3);
+  const Plan second = h.scheduler.next_plan();  // no result yet
+  REQUIRE(h.scheduler.num_plans_in_flight() == 2);
+  REQUIRE(second.new_sequences.empty());
+  REQUIRE(second.released_seq_ids.empty());
+  REQUIRE(second.scheduled.size() == 3);
+  for (const PlanNewSequence& n : first.new_sequences) {
+    const PlanSlice* prefill = slice_of(first, n.seq_id);
+    REQUIRE(prefill);
+    REQUIRE(prefill->sample);
+    // The decode of the token the prefill samples, at the position that token will take.
+    const PlanSlice* decode = slice_of(second, n.seq_id);
+    REQUIRE(decode);
+    CHECK(decode->start_position == n.token_ids.size());
+    CHECK(decode->num_tokens == 1);
+    CHECK(decode->sample);
+  }
+  h.check(first);
+  h.check(second);
+  h.sent = {first, second};
+  h.drain();
+  lockstep.drain();
+
+  REQUIRE(h.outputs == lockstep.outputs);
+  REQUIRE(h.finished == lockstep.finished);
+  for (const RequestSpec& r : requests) {
+    INFO("request " << r.request_id);
+    REQUIRE(h.outputs[r.request_id] == expected_output(r.prompt, r.stop, o.max_context_tokens));
+  }
+  h.require_no_leaks();
+}
+
+TEST_CASE("a sequence that max_tokens or the context ends at step N is not planned again", "[scheduler][pipeline]") {
+  SchedulerOptions o = one_step_prefill_options();
+  o.max_context_tokens = 40;
+  Harness h(o, 2);
+  std::mt19937 rng(8);
+  const RequestSpec one_token = request(1, make_prompt(rng, 1, 3), 1);
+  const RequestSpec context = request(2, make_prompt(rng, 2, 19), 0);  // 39 tokens: one more fills the context
+  const RequestSpec five = request(3, make_prompt(rng, 3, 3), 5);
+  for (const RequestSpec& r : {one_token, context, five}) REQUIRE(h.scheduler.submit(r).is_ok());
+
+  const Plan first = h.scheduler.next_plan();
+  REQUIRE(first.scheduled.size() == 3);
+  const Plan second = h.scheduler.next_plan();
+  REQUIRE(second.scheduled.size() == 1);  // only request 3 goes on
+  h.check(first);
+  h.check(second);
+  h.sent = {first, second};
+  h.drain();
+
+  CHECK(h.finished[1] == FinishReason::kLength);
+  CHECK(h.outputs[1].size() == 1);
+  CHECK(h.finished[2] == FinishReason::kContextLength);
+  CHECK(h.outputs[2].size() == 1);
+  CHECK(h.finished[3] == FinishReason::kLength);
+  CHECK(h.outputs[3] == expected_output(five.prompt, five.stop, o.max_context_tokens));
+  // No decode past the last token: the prefill and four decodes for five tokens.
+  CHECK(h.num_slices[1] == 1);
+  CHECK(h.num_slices[2] == 1);
+  CHECK(h.num_slices[3] == 5);
+  h.require_no_leaks();
+}
+
+TEST_CASE("EOS at step N wastes one decode in plan N+1: no event from it, the id is released later, the pages go back",
+          "[scheduler][pipeline]") {
+  const SchedulerOptions o = one_step_prefill_options();
+  Harness h(o, 2);
+  std::mt19937 rng(4);
+  // 23 tokens whose first output is EOS: the wasted decode (position 23) fills page 5.
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 10000; ++i) {
+    prompt = make_prompt(rng, 9, 3);
+    if (next_token(prompt) == kEos) break;
+  }
+  REQUIRE(next_token(prompt) == kEos);
+  REQUIRE(prompt.size() == 23);
+  const RequestSpec eos = request(1, prompt, 10, /*ignore_eos=*/false);
+  const RequestSpec other = request(2, make_prompt(rng, 1, 3), 10);
+  REQUIRE(h.scheduler.submit(eos).is_ok());
+  REQUIRE(h.scheduler.submit(other).is_ok());
+
+  const Plan first = h.scheduler.next_plan();
+  const Plan second = h.scheduler.next_plan();
+  h.check(first);
+  h.check(second);
+  const uint64_t eos_seq = first.new_sequences.at(0).seq_id;
+  REQUIRE(first.new_sequences.at(0).request_id == 1);
+  REQUIRE(slice_of(second, eos_seq));  // EOS cannot be foreseen
+
+  h.take(h.scheduler.on_step_result(h.worker.run(first)));
+  REQUIRE(h.finished[1] == FinishReason::kEos);
+  REQUIRE(h.outputs[1] == std::vector<int32_t>{kEos});
+  // Its pages are back: only the prefix cache (the two prompts' 5 full pages each) and
+  // request 2's sixth page are held.
+  const auto& cache = h.scheduler.prefix_cache();
+  CHECK(cache.stats().num_cached_pages == 10);
+  CHECK(h.scheduler.pages().num_used() == 11);
+
+  const Plan third = h.scheduler.next_plan();  // while plan 2, with the wasted decode, runs
+  h.check(third);
+  CHECK(releases(third, eos_seq));
+  CHECK_FALSE(releases(second, eos_seq));  // the worker still needs it for plan 2
+  const StepOutcome wasted = h.worker.run(second);
+  REQUIRE(std::any_of(wasted.sampled.begin(), wasted.sampled.end(), [&](const SampledToken& t) { return t.seq_id == eos_seq; }));
+  const auto events = h.scheduler.on_step_result(wasted);
+  REQUIRE(events.size() == 1);  // request 2's token only
+  CHECK(events[0].request_id == 2);
+  h.take(events);
+  h.sent = {third};
+  h.drain();
+  CHECK(h.outputs[1] == std::vector<int32_t>{kEos});
+  CHECK(h.outputs[2] == expected_output(other.prompt, other.stop, o.max_context_tokens));
+  // Request 1 cached its 5 computed prompt pages, never the page its wasted decode filled;
+  // request 2 its 8 full pages (23 + 9 computed tokens).
+  CHECK(h.scheduler.prefix_cache().stats().num_cached_pages == 5 + 8);
+  h.require_no_leaks();
+}
+
+TEST_CASE("an abort with two plans in flight: nothing more streams, its id goes in the next plan, its pages serve another",
+          "[scheduler][pipeline]") {
+  SchedulerOptions o = one_step_prefill_options();
+  o.num_pages = 24;  // two requests of 11 pages at a time
+  o.enable_prefix_cache = false;
+  Harness h(o, 2);
+  std::mt19937 rng(9);
+  std::vector<RequestSpec> requests;
+  for (uint64_t id = 1; id <= 3; ++id) requests.push_back(request(id, make_prompt(rng, static_cast<int>(id), 3), 20));
+  for (const RequestSpec& r : requests) REQUIRE(h.scheduler.submit(r).is_ok());
+
+  const Plan first = h.scheduler.next_plan();
+  const Plan second = h.scheduler.next_plan();
+  h.check(first);
+  h.check(second);
+  REQUIRE(first.new_sequences.size() == 2);  // request 3 waits for pages
+  const uint64_t aborted_seq = first.new_sequences.at(0).seq_id;
+  std::set<int32_t> aborted_pages;
+  for (const Plan* p : {&first, &second}) {
+    const PlanSlice* s = slice_of(*p, aborted_seq);
+    REQUIRE(s);
+    aborted_pages.insert(s->new_pages.begin(), s->new_pages.end());
+  }
+  const auto ev = h.scheduler.abort(1);
+  REQUIRE(ev);
+  REQUIRE(ev->finish == FinishReason::kAborted);
+  h.take({*ev});
+
+  const auto events = h.scheduler.on_step_result(h.worker.run(first));
+  REQUIRE(events.size() == 1);
+  CHECK(events[0].request_id == 2);
+  h.take(events);
+  const Plan third = h.scheduler.next_plan();
+  h.check(third);
+  CHECK(releases(third, aborted_seq));
+  CHECK(!slice_of(third, aborted_seq));
+  // Request 3 is admitted onto the aborted request's pages, which plan 2 still writes:
+  // the worker runs plan 2 first.
+  REQUIRE(third.new_sequences.size() == 1);
+  const PlanSlice* prefill = slice_of(third, third.new_sequences[0].seq_id);
+  REQUIRE(prefill);
+  CHECK(std::any_of(prefill->new_pages.begin(), prefill->new_pages.end(), [&](int32_t p) { return aborted_pages.count(p) > 0; }));
+  h.sent = {second, third};
+  h.drain();
+  CHECK(h.outputs[1].empty());
+  CHECK(h.outputs[2] == expected_output(requests[1].prompt, requests[1].stop, o.max_context_tokens));
+  CHECK(h.outputs[3] == expected_output(requests[2].prompt, requests[2].stop, o.max_context_tokens));
+  h.require_no_leaks();
+}
+
+TEST_CASE("sequences preempted while a plan in flight computes for them resume with the same tokens", "[scheduler][pipeline]") {
+  SchedulerOptions o = small_options();
+  o.num_pages = 24;
+  o.reserve_output_ratio = 0.1;
+  Harness h(o, 2);
+  std::mt19937 rng(3);
+  std::map<uint64_t, std::vector<int32_t>> want;
+  for (uint64_t id = 1; id <= 12; ++id) {
+    const RequestSpec r = request(id, make_prompt(rng, static_cast<int>(id % 2), 5), 50);
+    want[id] = expected_output(r.prompt, r.stop, o.max_context_tokens);
+    REQUIRE(h.scheduler.submit(r).is_ok());
+  }
+  h.drain();
+  REQUIRE(h.scheduler.stats().num_preemptions > 0);
+  REQUIRE(h.num_preempted_in_flight > 0);
+  for (const auto& [id, tokens] : want) {
+    INFO("request " << id);
+    REQUIRE(h.outputs[id] == tokens);
+  }
+  h.require_no_leaks();
+}
+
+TEST_CASE("a result for a step other than the oldest in flight is ignored", "[scheduler][pipeline]") {
+  const SchedulerOptions o = one_step_prefill_options();
+  Harness h(o, 2);
+  std::mt19937 rng(10);
+  const RequestSpec r = request(1, make_prompt(rng, 1, 2), 6);
+  REQUIRE(h.scheduler.submit(r).is_ok());
+  const Plan first = h.scheduler.next_plan();
+  const Plan second = h.scheduler.next_plan();
+  h.check(first);
+  h.check(second);
+  const StepOutcome out1 = h.worker.run(first);
+  const StepOutcome out2 = h.worker.run(second);
+  REQUIRE(h.scheduler.on_step_result(out2).empty());  // not the oldest
+  REQUIRE(h.scheduler.on_step_result(StepOutcome{999, {}}).empty());
+  REQUIRE(h.scheduler.num_plans_in_flight() == 2);
+  h.take(h.scheduler.on_step_result(out1));
+  REQUIRE(h.scheduler.on_step_result(out1).empty());  // already applied
+  h.take(h.scheduler.on_step_result(out2));
+  REQUIRE(h.scheduler.num_plans_in_flight() == 0);
+  h.drain();
+  CHECK(h.outputs[1] == expected_output(r.prompt, r.stop, o.max_context_tokens));
+  h.require_no_leaks();
+}
+
+TEST_CASE("a lost worker group with two plans in flight fails running requests and frees every page", "[scheduler][pipeline]") {
+  SchedulerOptions o = small_options();
+  o.max_num_seqs = 2;
+  Harness h(o, 2);
+  std::mt19937 rng(6);
+  for (uint64_t id = 1; id <= 4; ++id) REQUIRE(h.scheduler.submit(request(id, make_prompt(rng, 1, 5), 20)).is_ok());
+  h.step();  // one plan answered, one in flight
+  REQUIRE(!h.scheduler.next_plan().empty());  // never answered: the worker died
+  REQUIRE(h.scheduler.num_plans_in_flight() == 2);
+  const auto events = h.scheduler.fail_running(unavailable("worker lost"));
+  REQUIRE(events.size() == 2);
+  for (const auto& e : events) REQUIRE(e.finish == FinishReason::kError);
+  REQUIRE(h.scheduler.num_plans_in_flight() == 0);
+  REQUIRE(h.scheduler.stats().num_waiting == 2);
+  REQUIRE(h.scheduler.pages().num_used() == 0);
+  h.worker = FakeWorker(o.num_pages, o.page_size);
+  h.sent.clear();
+  h.take(events);
+  h.drain();
+  REQUIRE(h.finished.size() == 4);
+  h.require_no_leaks();
+}
+
+TEST_CASE("10,000 random arrivals, aborts and steps with two plans in flight leak no page and keep outputs exact",
+          "[scheduler][pipeline]") {
+  SchedulerOptions o = small_options();
+  o.num_pages = 48;
+  o.reserve_output_ratio = 0.5;
+  Harness h(o, 2);
+  std::mt19937 rng(11);
+  std::map<uint64_t, std::vector<int32_t>> want;
+  std::set<uint64_t> aborted;
+  uint64_t next_id = 1;
+  for (int event = 0; event < 10000; ++event) {
+    const unsigned kind = rng() % 10;
+    if (kind < 3) {
+      RequestSpec r = request(next_id++, make_prompt(rng, static_cast<int>(rng() % 4), static_cast<int>(rng() % 25)),
+                              1 + rng() % 30, /*ignore_eos=*/false);
+      r.priority = static_cast<int32_t>(rng() % 3);
+      want[r.request_id] = expected_output(r.prompt, r.stop, o.max_context_tokens);
+      const Status s = h.scheduler.submit(r);
+      if (!s.is_ok()) {
+        REQUIRE(s.code() == StatusCode::kResourceExhausted);
+        want.erase(r.request_id);
+      }
+    } else if (kind == 3 && next_id > 1) {
+      const uint64_t id = 1 + rng() % (next_id - 1);
+      if (auto ev = h.scheduler.abort(id)) {
+        REQUIRE(ev->finish == FinishReason::kAborted);
+        aborted.insert(id);
+        h.take({*ev});
+      }
+    } else {
+      h.step();
+    }
+    REQUIRE(h.scheduler.pages().num_used() <= o.num_pages);
+  }
+  h.drain();
+  int64_t completed = 0;
+  for (const auto& [id, tokens] : want) {
+    const auto& got = h.outputs[id];
+    if (aborted.count(id)) {
+      REQUIRE(got.size() <= tokens.size());
+      REQUIRE(std::equal(got.begin(), got.end(), tokens.begin()));
+      continue;
+    }
+    INFO("request " << id);
+    REQUIRE(got == tokens);
+    ++completed;
+  }
+  REQUIRE(completed > 500);
+  REQUIRE(!aborted.empty());
+  REQUIRE(h.scheduler.stats().num_preemptions > 0);
+  REQUIRE(h.num_preempted_in_flight > 0);
+  REQUIRE(h.scheduler.stats().prefix_cache.num_hit_tokens > 0);
   h.require_no_leaks();
 }
