@@ -49,6 +49,7 @@ int serve(const tessera::Config& config) {
   go.enable_prefix_cache = config.router.enable_prefix_cache;
   go.prefill_chunk_tokens = static_cast<int32_t>(config.router.prefill_chunk_tokens);
   go.overlap = config.router.overlap;
+  go.pipeline_depth = static_cast<int32_t>(config.router.pipeline_depth);
   go.step_timeout = std::chrono::seconds(config.router.watchdog_timeout_s);
   go.worker_timeout = std::chrono::seconds(config.router.worker_timeout_s);
   go.unattached_wait = std::chrono::seconds(config.router.watchdog_timeout_s);

@@ -227,6 +227,8 @@ Status Config::validate() const {
   check(router.max_waiting_tokens >= 1, "router.max_waiting_tokens", "must be at least 1");
   check(router.watchdog_timeout_s >= 1, "router.watchdog_timeout_s", "must be at least 1");
   check(router.worker_timeout_s >= 1, "router.worker_timeout_s", "must be at least 1");
+  check(router.pipeline_depth >= 1 && router.pipeline_depth <= 2, "router.pipeline_depth",
+        "must be 1 or 2 (got " + std::to_string(router.pipeline_depth) + ")");
 
   check_address(worker.router_address, "worker.router_address");
   check(!worker.group.empty(), "worker.group", "must not be empty");

@@ -240,6 +240,8 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "Most prompt tokens one sequence advances per step (chunked prefill); 0: only the step budget bounds it."),
       field("router.overlap", &C::router, &RouterSettings::overlap,
             "Stream a step's tokens and queue new requests while the worker runs the next step (false: before sending it)."),
+      field("router.pipeline_depth", &C::router, &RouterSettings::pipeline_depth,
+            "Plans in flight per worker group: 2 plans and sends step N+1 while the worker computes step N; 1 waits for each result."),
 
       field("worker.router_address", &C::worker, &WorkerSettings::router_address,
             "Router to attach to (`host:port`; a Service name on Kubernetes)."),

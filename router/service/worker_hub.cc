@@ -348,9 +348,15 @@ void WorkerGroup::run_session() {
     }
   }
   const Status draining_refusal = unavailable("worker group " + name_ + " is draining");
-  // Overlap: the events of step N are streamed, and new requests queued, after plan N+1
-  // went out, while the worker computes it (plan N+1 needs step N's results, so planning
-  // itself cannot overlap; see docs/ROUTER.md).
+  // Pipelining: up to `depth` plans in flight. After step N's results the loop plans and
+  // sends what comes after the plan the worker is already computing, so the worker finds
+  // its next plan queued when a step ends (scheduler.h says why planning ahead of results
+  // is sound). Overlap: step N's events are streamed, and new requests queued, after that
+  // plan went out, while the worker computes.
+  const int32_t depth = std::clamp(options_.pipeline_depth, 1, Scheduler::kMaxPlansInFlight);
+  std::deque<SentPlan> in_flight;  // oldest first: the worker answers in this order
+  // When the last result came: the worker could not start the plan queued behind it before.
+  Clock::time_point last_result = Clock::now();
   std::vector<RequestEvent> undelivered;
   for (;;) {
     loop_tick_ns_ = Clock::now().time_since_epoch().count();
@@ -370,39 +376,49 @@ void WorkerGroup::run_session() {
     take_inbox(draining, draining_refusal);
     if (draining) {
       deliver(scheduler_->fail_waiting(draining_refusal));
-      if (scheduler_->idle()) {
+      if (scheduler_->idle()) {  // nothing in flight either
         deliver(undelivered);
         end_session(Status::ok());
         return;
       }
     }
-    Plan plan = scheduler_->next_plan();
-    const Clock::time_point planned = Clock::now();
-    for (const PlanNewSequence& n : plan.new_sequences) {
-      if (auto t = timings_.find(n.request_id); t != timings_.end() && !t->second.admitted) t->second.admitted = planned;
+    Status st = Status::ok();
+    while (st.is_ok() && static_cast<int32_t>(in_flight.size()) < depth) {
+      Plan plan = scheduler_->next_plan();
+      const Clock::time_point planned = Clock::now();
+      for (const PlanNewSequence& n : plan.new_sequences) {
+        if (auto t = timings_.find(n.request_id); t != timings_.end() && !t->second.admitted) t->second.admitted = planned;
+      }
+      {
+        std::lock_guard lock(mutex_);
+        last_stats_ = scheduler_->stats();
+      }
+      if (plan.empty()) break;
+      if (!options_.overlap) deliver(std::exchange(undelivered, {}));
+      st = send_plan(plan);
+      int64_t num_tokens = 0;
+      for (const PlanSlice& sl : plan.scheduled) num_tokens += sl.num_tokens;
+      in_flight.push_back({plan.step_id, num_tokens, planned});
     }
-    {
-      std::lock_guard lock(mutex_);
-      last_stats_ = scheduler_->stats();
-    }
-    if (plan.empty()) {
+    if (st.is_ok() && in_flight.empty()) {
       deliver(std::exchange(undelivered, {}));
       std::unique_lock lock(mutex_);
       wake_.wait_for(lock, kPollInterval, [&] { return !inbox_.empty() || shutting_down_ || lost_rank_locked() || draining_ != draining; });
       continue;
     }
-    if (!options_.overlap) deliver(std::exchange(undelivered, {}));
-    Status st = send_plan(plan);
     if (st.is_ok()) {
       deliver(std::exchange(undelivered, {}));  // while the worker computes
       take_inbox(draining, draining_refusal);
-      auto events = await_result(plan, planned);
+      const SentPlan oldest = in_flight.front();
+      in_flight.pop_front();
+      auto events = await_result(oldest, std::max(oldest.sent, last_result));
+      last_result = Clock::now();
       if (events) undelivered = std::move(*events);
       st = events.status();
     }
     if (!st.is_ok()) {
       deliver(undelivered);
-      end_session(st);
+      end_session(st);  // the plans still in flight fail with the rest
       return;
     }
   }
@@ -417,8 +433,8 @@ Status WorkerGroup::send_plan(const Plan& plan) {
   return Status::ok();
 }
 
-Result<std::vector<RequestEvent>> WorkerGroup::await_result(const Plan& plan, Clock::time_point sent) {
-  const Clock::time_point deadline = sent + options_.step_timeout;
+Result<std::vector<RequestEvent>> WorkerGroup::await_result(const SentPlan& plan, Clock::time_point started) {
+  const Clock::time_point deadline = started + options_.step_timeout;
   std::optional<v1::StepResult> result;  // rank 0's (the first rank's)
   size_t answered = 0;
   std::vector<bool> done(session_ranks_.size(), false);
@@ -453,11 +469,7 @@ Result<std::vector<RequestEvent>> WorkerGroup::await_result(const Plan& plan, Cl
       wake_.wait_until(lock, std::min(deadline, Clock::now() + kPollInterval));
     }
   }
-  if (options_.metrics) {
-    int64_t step_tokens = 0;
-    for (const PlanSlice& sl : plan.scheduled) step_tokens += sl.num_tokens;
-    options_.metrics->observe_step(seconds_between(sent, Clock::now()), step_tokens);
-  }
+  if (options_.metrics) options_.metrics->observe_step(seconds_between(started, Clock::now()), plan.num_tokens);
   return scheduler_->on_step_result(outcome_from_proto(*result));
 }
 

@@ -5,12 +5,13 @@
 // then only reads: results, faults and heartbeats go into the group's mailbox. The group's
 // own step-loop thread runs a *session* once every rank has attached: GroupReady to every
 // rank, then plan → every rank → wait for every rank's answer → stream the events (rank
-// 0's sampled tokens are the group's). The session ends when a rank's stream breaks, a rank
-// reports a fault, a rank is silent for `worker_timeout` (heartbeats keep a slow step
-// alive), or a step has no answer within `step_timeout` (the watchdog): every request of
-// the group then ends with an error (UNAVAILABLE: the router service re-places requests
-// that streamed nothing), the other ranks are detached so they re-dial, and the group
-// serves again once all its ranks are back — no router restart.
+// 0's sampled tokens are the group's), with up to `pipeline_depth` plans sent ahead of
+// their answers (the ranks run them in order). The session ends when a rank's stream
+// breaks, a rank reports a fault, a rank is silent for `worker_timeout` (heartbeats keep a
+// slow step alive), or a step has no answer within `step_timeout` (the watchdog): every
+// request of the group then ends with an error (UNAVAILABLE: the router service re-places
+// requests that streamed nothing), the other ranks are detached so they re-dial, and the
+// group serves again once all its ranks are back — no router restart.
 //
 // A rank that heartbeats `draining` (its worker got SIGTERM) makes the group stop taking
 // work: waiting requests and new submissions are refused with UNAVAILABLE, running ones
@@ -53,10 +54,15 @@ struct GroupOptions {
   int64_t max_waiting_requests = 1024;
   int64_t max_waiting_tokens = int64_t{1} << 20;
   bool enable_prefix_cache = true;
-  // Stream step N's events and queue new requests after plan N+1 went out (while the
+  // Stream step N's events and queue new requests after the next plan went out (while the
   // worker computes) instead of before.
   bool overlap = true;
-  std::chrono::milliseconds step_timeout{30000};     // a plan without every rank's answer
+  // Plans in flight, 1..Scheduler::kMaxPlansInFlight: 2 plans and sends step N+1 while the
+  // worker computes step N (it finds N+1 queued when N ends); 1 waits for each result.
+  int32_t pipeline_depth = 2;
+  // A plan without every rank's answer this long after the ranks could start it (sent,
+  // and the plan before it answered).
+  std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds worker_timeout{10000};   // a rank that sends nothing
   std::chrono::milliseconds unattached_wait{30000};  // a request on a group with no session
   RouterMetrics* metrics = nullptr;  // step and request timings go here when set
@@ -124,6 +130,12 @@ class WorkerGroup {
   struct Abort {
     uint64_t request_id;
   };
+  // A plan the ranks have and have not answered yet.
+  struct SentPlan {
+    uint64_t step_id = 0;
+    int64_t num_tokens = 0;  // scheduled, for the step metrics
+    Clock::time_point sent;
+  };
   // When a request's milestones happened, for the latency histograms (step loop only).
   struct Timing {
     Clock::time_point arrival;
@@ -142,9 +154,11 @@ class WorkerGroup {
   void take_inbox(bool refuse, const Status& refusal);
   // Sends the plan to every rank of the session.
   Status send_plan(const Plan& plan);
-  // Waits for every rank's answer (watchdog: step_timeout from `sent`) and applies rank
-  // 0's; returns the events to stream. An error ends the session.
-  Result<std::vector<RequestEvent>> await_result(const Plan& plan, Clock::time_point sent);
+  // Waits for every rank's answer to `plan`, the oldest in flight, and applies rank 0's;
+  // returns the events to stream. `started`: when the ranks could start it (sent, and the
+  // plan before it answered); the watchdog (step_timeout) and the step-duration metric
+  // count from there. An error ends the session.
+  Result<std::vector<RequestEvent>> await_result(const SentPlan& plan, Clock::time_point started);
   void end_session(const Status& reason);
   void deliver(const std::vector<RequestEvent>& events);
   void fail_submit(Submit& s, const Status& error);

@@ -2,7 +2,8 @@
 // requests submitted to a group run on the attached worker's engine with the tokens the
 // engine gives alone; a worker that goes away fails its requests, and the next one to
 // attach serves what comes next; multi-rank groups, silent and stuck workers (a scripted
-// fake worker on the real wire), re-placement on another group and drain.
+// fake worker on the real wire), plans sent ahead of their answers, re-placement on
+// another group and drain.
 #include "router/service/worker_hub.h"
 #include "router/service/router_service.h"
 
@@ -162,6 +163,20 @@ struct FakeWorker {
     REQUIRE(stream->Read(&m));
     REQUIRE(m.has_plan());
     return m.plan();
+  }
+  // Answers a plan with one sampled token per sampling slice (`tokens` in plan order).
+  void answer(const v1::StepPlan& plan, const std::vector<int32_t>& tokens) {
+    v1::WorkerMessage m;
+    v1::StepResult* r = m.mutable_result();
+    r->set_step_id(plan.step_id());
+    size_t i = 0;
+    for (const v1::ScheduledSequence& s : plan.scheduled()) {
+      if (!s.sample()) continue;
+      v1::SampledToken* t = r->add_sampled();
+      t->set_seq_id(s.seq_id());
+      t->set_token_id(tokens.at(i++));
+    }
+    REQUIRE(stream->Write(m));
   }
   void beat_once() {
     v1::WorkerMessage hb;
@@ -507,6 +522,75 @@ TEST_CASE("a silent worker fails its requests within worker_timeout, a stuck ste
   }
   hub.shutdown("test over");
   local.server->Shutdown();
+}
+
+TEST_CASE("plan N+1 goes out before step N's answer and decodes what N samples, its watchdog starts at that answer",
+          "[router][worker][pipeline]") {
+  router::GroupOptions options;
+  options.step_timeout = std::chrono::milliseconds(1500);
+  SECTION("pipeline depth 2") {
+    router::WorkerHubService hub(options);
+    auto local = testing::start_local_grpc_server({&hub});
+    router::WorkerGroup& group = hub.group("g");
+    FakeWorker fake(local.port, "g");
+    REQUIRE(wait_until([&] { return group.serving(); }));
+    Collector got;
+    group.submit(greedy_request(1, {1, 2, 3}, 3), got.callback());
+    const v1::StepPlan first = fake.read_plan();
+    REQUIRE(first.new_sequences_size() == 1);
+    const uint64_t seq = first.new_sequences(0).seq_id();
+    const v1::StepPlan second = fake.read_plan();  // nothing answered yet
+    REQUIRE(second.step_id() == first.step_id() + 1);
+    REQUIRE(second.scheduled_size() == 1);
+    CHECK(second.scheduled(0).seq_id() == seq);
+    CHECK(second.scheduled(0).start_position() == 3);  // the token step 1 samples
+    CHECK(second.scheduled(0).num_tokens() == 1);
+    CHECK(second.scheduled(0).sample());
+    // Plan 2 waits 2 s in all, longer than the step timeout, but only 1 s after the
+    // worker could start it.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    fake.answer(first, {7});
+    REQUIRE(got.wait_tokens(1, 1, std::chrono::seconds(10)));
+    const v1::StepPlan third = fake.read_plan();  // sent while the worker "runs" plan 2
+    REQUIRE(third.scheduled_size() == 1);
+    CHECK(third.scheduled(0).start_position() == 4);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    fake.answer(second, {8});
+    fake.answer(third, {9});  // the third token: max_tokens, nothing more planned for it
+    REQUIRE(got.wait_finished(1, std::chrono::seconds(10)));
+    CHECK(got.finished[1] == router::FinishReason::kLength);
+    CHECK(got.tokens[1] == std::vector<int32_t>{7, 8, 9});
+    const v1::StepPlan release = fake.read_plan();
+    CHECK(release.scheduled_size() == 0);
+    REQUIRE(release.released_seq_ids_size() == 1);
+    CHECK(release.released_seq_ids(0) == seq);
+    fake.answer(release, {});
+    hub.shutdown("test over");
+    local.server->Shutdown();
+  }
+  SECTION("pipeline depth 1 waits for each answer") {
+    options.pipeline_depth = 1;
+    router::WorkerHubService hub(options);
+    auto local = testing::start_local_grpc_server({&hub});
+    router::WorkerGroup& group = hub.group("g");
+    FakeWorker fake(local.port, "g");
+    REQUIRE(wait_until([&] { return group.serving(); }));
+    Collector got;
+    group.submit(greedy_request(1, {1, 2, 3}, 2), got.callback());
+    const v1::StepPlan first = fake.read_plan();
+    auto next = std::async(std::launch::async, [&] { return fake.read_plan(); });
+    CHECK(next.wait_for(std::chrono::milliseconds(300)) == std::future_status::timeout);
+    fake.answer(first, {7});
+    REQUIRE(next.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    const v1::StepPlan second = next.get();
+    REQUIRE(second.scheduled_size() == 1);
+    CHECK(second.scheduled(0).start_position() == 3);
+    fake.answer(second, {8});
+    REQUIRE(got.wait_finished(1, std::chrono::seconds(10)));
+    CHECK(got.tokens[1] == std::vector<int32_t>{7, 8});
+    hub.shutdown("test over");
+    local.server->Shutdown();
+  }
 }
 
 TEST_CASE("a request its group gives back before any token is placed on another group", "[router][worker]") {

@@ -83,6 +83,9 @@ struct RouterSettings {
   uint32_t prefill_chunk_tokens = 0;
   // Stream a step's tokens while the worker runs the next step, not before sending it.
   bool overlap = true;
+  // Plans sent ahead of their results per worker group: 2 plans step N+1 while the worker
+  // computes step N; 1 waits for each result.
+  uint32_t pipeline_depth = 2;
 };
 
 struct WorkerSettings {
