@@ -186,6 +186,10 @@ Status Engine::check_plan(const StepInput& in) const {
     } else {
       return bad(sl.seq_id, "is not known to this worker");
     }
+    if (auto old = sequences_.find(sl.seq_id); old != sequences_.end() && old->second.failed && !views.count(sl.seq_id)) {
+      total_samples += sl.sample ? 1 : 0;  // skipped: its last sample failed (Sequence::failed)
+      continue;
+    }
     if (sl.start_position != v.num_computed) {
       return bad(sl.seq_id, "starts at " + std::to_string(sl.start_position) + " but " +
                                 std::to_string(v.num_computed) + " tokens are in the cache");
@@ -260,9 +264,14 @@ Result<StepOutput> Engine::run_step(const StepInput& in) {
   sample_rows_.clear();
   step_sequences_.clear();
   std::vector<Sequence*> sampled;
+  std::vector<uint64_t> skipped;  // slices of sequences whose last sample failed
   const int64_t ps = options_.page_size;
   for (const ScheduledSlice& sl : in.scheduled) {
     Sequence& seq = sequences_.at(sl.seq_id);
+    if (seq.failed) {
+      skipped.push_back(sl.seq_id);
+      continue;
+    }
     seq.pages.insert(seq.pages.end(), sl.new_pages.begin(), sl.new_pages.end());
     const int64_t begin = static_cast<int64_t>(token_ids_.size());
     for (uint32_t i = 0; i < sl.num_tokens; ++i) {
@@ -278,19 +287,32 @@ Result<StepOutput> Engine::run_step(const StepInput& in) {
     }
   }
   StepOutput out;
-  if (token_ids_.empty()) return out;
+  // The skipped sequences' samples fail again, after the others (whose order the logits
+  // rows follow).
+  auto with_skipped = [&]() -> StepOutput {
+    for (uint64_t id : skipped) {
+      SampledToken failed;
+      failed.seq_id = id;
+      failed.status = internal_error("sampler: an earlier sample of this sequence failed");
+      out.sampled.push_back(std::move(failed));
+    }
+    return std::move(out);
+  };
+  if (token_ids_.empty()) return with_skipped();
   const StepLayout layout{token_ids_, positions_, slots_, step_sequences_, sample_rows_};
   forward_begin_ = std::chrono::steady_clock::now();
   TESSERA_RETURN_IF_ERROR(run_forward(layout));
   forward_end_ = std::chrono::steady_clock::now();
   // The KV of every scheduled token is now cached, whatever happens to sampling.
-  for (const ScheduledSlice& sl : in.scheduled) sequences_.at(sl.seq_id).num_computed += sl.num_tokens;
+  for (const ScheduledSlice& sl : in.scheduled) {
+    if (Sequence& seq = sequences_.at(sl.seq_id); !seq.failed) seq.num_computed += sl.num_tokens;
+  }
 
   const int64_t num_sampled = static_cast<int64_t>(sampled.size());
   out.sampled.resize(sampled.size());
   size_t si = 0;
   for (const ScheduledSlice& sl : in.scheduled) {
-    if (sl.sample) out.sampled[si++].seq_id = sl.seq_id;
+    if (sl.sample && !sequences_.at(sl.seq_id).failed) out.sampled[si++].seq_id = sl.seq_id;
   }
   // On the device: greedy rows by argmax when every row is plain greedy, else the full
   // sampler; only the ids travel. Logprobs need the whole row here, so they come down.
@@ -314,15 +336,17 @@ Result<StepOutput> Engine::run_step(const StepInput& in) {
     for (int64_t i = 0; i < num_sampled; ++i) {
       Sequence& seq = *sampled[static_cast<size_t>(i)];
       const int32_t token = device_ids_[static_cast<size_t>(i)];
+      SampledToken& result = out.sampled[static_cast<size_t>(i)];
       if (token < 0) {  // as on the CPU: this sequence fails, the rest of the batch goes on
-        out.sampled[static_cast<size_t>(i)].status = internal_error("sampler: logits are all NaN or -inf");
+        result.status = internal_error("sampler: logits are all NaN or -inf");
+        seq.failed = true;
         continue;
       }
       seq.sampler->accept(token);
       seq.tokens.push_back(token);
-      out.sampled[static_cast<size_t>(i)].sample.token_id = token;
+      result.sample.token_id = token;
     }
-    return out;
+    return with_skipped();
   }
   logits_.resize(static_cast<size_t>(num_sampled) * vocab);
   TESSERA_RETURN_IF_ERROR(backend_->download(model_->logits(), num_sampled * vocab, logits_));
@@ -331,15 +355,18 @@ Result<StepOutput> Engine::run_step(const StepInput& in) {
 #pragma omp parallel for schedule(dynamic, 1) if (num_sampled > 1)
   for (int64_t i = 0; i < num_sampled; ++i) {
     std::span<float> row(logits_.data() + i * vocab, vocab);
-    Result<SampleResult> r = sampled[static_cast<size_t>(i)]->sampler->sample(row);
+    Sequence& seq = *sampled[static_cast<size_t>(i)];
+    SampledToken& result = out.sampled[static_cast<size_t>(i)];
+    Result<SampleResult> r = seq.sampler->sample(row);
     if (r) {
-      out.sampled[static_cast<size_t>(i)].sample = std::move(*r);
-      sampled[static_cast<size_t>(i)]->tokens.push_back(out.sampled[static_cast<size_t>(i)].sample.token_id);
+      result.sample = std::move(*r);
+      seq.tokens.push_back(result.sample.token_id);
     } else {
-      out.sampled[static_cast<size_t>(i)].status = r.status();
+      result.status = r.status();
+      seq.failed = true;
     }
   }
-  return out;
+  return with_skipped();
 }
 
 Status Engine::run_forward(const StepLayout& layout) {

@@ -99,7 +99,9 @@ struct SampledToken {
 };
 
 struct StepOutput {
-  std::vector<SampledToken> sampled;  // one per slice with sample, in plan order
+  // One per slice with sample, in plan order; then the failures of slices skipped because
+  // their sequence's last sample failed (Sequence::failed).
+  std::vector<SampledToken> sampled;
   std::vector<float> logits;          // [sampled.size(), vocab] when return_logits
 };
 
@@ -149,6 +151,10 @@ class Engine {
     int64_t num_computed = 0;     // tokens whose KV is in the cache
     std::vector<int32_t> pages;
     std::unique_ptr<SequenceSampler> sampler;
+    // Its last sample failed, so no token was appended. The router ends the request when
+    // it hears, but a plan it sent before that (planned ahead) may still schedule the
+    // token that never came: such slices are skipped and their samples fail again.
+    bool failed = false;
   };
 
   Engine() = default;

@@ -121,6 +121,64 @@ TEST_CASE("a bad step plan is refused whole and leaves the engine usable", "[eng
   REQUIRE(r.is_ok());
 }
 
+TEST_CASE("a failed sample fails its sequence alone, also in a plan sent before the router heard", "[engine][errors]") {
+  // The router plans step N+1 before step N's result (router.pipeline_depth 2): N+1 may
+  // decode a token of a sequence whose sample in N failed. That slice is skipped and its
+  // sample fails again; the rest of the plan runs.
+  EngineOptions o;
+  o.kv_cache_tokens = 256;
+  auto loaded = testing::load_test_model(o);
+  Engine& engine = *loaded;
+  SamplingOptions greedy;
+  greedy.temperature = 0;
+  SamplingOptions impossible = greedy;  // every token is banned before min_tokens: no usable logit
+  impossible.min_tokens = 4;
+  for (uint32_t t = 0; t < engine.config().vocab_size; ++t) impossible.banned_before_min_tokens.push_back(static_cast<int32_t>(t));
+  auto step_with = [&](std::vector<NewSequence> news, std::vector<ScheduledSlice> slices) {
+    StepInput in;
+    in.new_sequences = std::move(news);
+    in.scheduled = std::move(slices);
+    return engine.step(in);
+  };
+  auto r = step_with({{1, {1, 2, 3}, 3, greedy, {}, 0}, {2, {4, 5, 6}, 3, impossible, {}, 0}},
+                     {{1, 0, 3, {0}, true}, {2, 0, 3, {1}, true}});
+  REQUIRE(r.is_ok());
+  REQUIRE(r->sampled.size() == 2);
+  REQUIRE(r->sampled[0].seq_id == 1);
+  REQUIRE(r->sampled[0].status.is_ok());
+  REQUIRE(r->sampled[1].seq_id == 2);
+  REQUIRE_FALSE(r->sampled[1].status.is_ok());
+  const int32_t first = r->sampled[0].sample.token_id;
+  // The plan sent ahead: both decode the token their step-1 sample was to give.
+  r = step_with({}, {{1, 3, 1, {}, true}, {2, 3, 1, {}, true}});
+  REQUIRE(r.is_ok());
+  REQUIRE(r->sampled.size() == 2);
+  REQUIRE(r->sampled[0].seq_id == 1);
+  REQUIRE(r->sampled[0].status.is_ok());
+  REQUIRE(r->sampled[1].seq_id == 2);
+  REQUIRE_FALSE(r->sampled[1].status.is_ok());
+  // Sequence 1 went on as if sequence 2 had never been there.
+  EngineOptions alone_options;
+  alone_options.kv_cache_tokens = 256;
+  auto alone = testing::load_test_model(alone_options);
+  StepInput in;
+  in.new_sequences = {{1, {1, 2, 3}, 3, greedy, {}, 0}};
+  in.scheduled = {{1, 0, 3, {0}, true}};
+  auto a = alone->step(in);
+  REQUIRE(a.is_ok());
+  REQUIRE(a->sampled[0].sample.token_id == first);
+  in = {};
+  in.scheduled = {{1, 3, 1, {}, true}};
+  a = alone->step(in);
+  REQUIRE(a.is_ok());
+  REQUIRE(a->sampled[0].sample.token_id == r->sampled[0].sample.token_id);
+  // Released, the failed sequence is gone.
+  StepInput release;
+  release.released_seq_ids = {2};
+  REQUIRE(engine.step(release).is_ok());
+  REQUIRE(engine.num_sequences() == 1);
+}
+
 TEST_CASE("the offline runner fails a bad request alone and finishes the others", "[engine][errors]") {
   EngineOptions o;
   o.kv_cache_tokens = 1024;
