@@ -528,13 +528,15 @@ TEST_CASE("plan N+1 goes out before step N's answer and decodes what N samples, 
           "[router][worker][pipeline]") {
   router::GroupOptions options;
   options.step_timeout = std::chrono::milliseconds(1500);
-  SECTION("pipeline depth 2") {
-    router::WorkerHubService hub(options);
-    auto local = testing::start_local_grpc_server({&hub});
-    router::WorkerGroup& group = hub.group("g");
-    FakeWorker fake(local.port, "g");
-    REQUIRE(wait_until([&] { return group.serving(); }));
-    Collector got;
+  options.pipeline_depth = GENERATE(2, 1);
+  INFO("pipeline depth " << options.pipeline_depth);
+  router::WorkerHubService hub(options);
+  auto local = testing::start_local_grpc_server({&hub});
+  router::WorkerGroup& group = hub.group("g");
+  FakeWorker fake(local.port, "g");
+  REQUIRE(wait_until([&] { return group.serving(); }));
+  Collector got;
+  if (options.pipeline_depth == 2) {
     group.submit(greedy_request(1, {1, 2, 3}, 3), got.callback());
     const v1::StepPlan first = fake.read_plan();
     REQUIRE(first.new_sequences_size() == 1);
@@ -565,17 +567,7 @@ TEST_CASE("plan N+1 goes out before step N's answer and decodes what N samples, 
     REQUIRE(release.released_seq_ids_size() == 1);
     CHECK(release.released_seq_ids(0) == seq);
     fake.answer(release, {});
-    hub.shutdown("test over");
-    local.server->Shutdown();
-  }
-  SECTION("pipeline depth 1 waits for each answer") {
-    options.pipeline_depth = 1;
-    router::WorkerHubService hub(options);
-    auto local = testing::start_local_grpc_server({&hub});
-    router::WorkerGroup& group = hub.group("g");
-    FakeWorker fake(local.port, "g");
-    REQUIRE(wait_until([&] { return group.serving(); }));
-    Collector got;
+  } else {  // depth 1 waits for each answer
     group.submit(greedy_request(1, {1, 2, 3}, 2), got.callback());
     const v1::StepPlan first = fake.read_plan();
     auto next = std::async(std::launch::async, [&] { return fake.read_plan(); });
@@ -588,9 +580,9 @@ TEST_CASE("plan N+1 goes out before step N's answer and decodes what N samples, 
     fake.answer(second, {8});
     REQUIRE(got.wait_finished(1, std::chrono::seconds(10)));
     CHECK(got.tokens[1] == std::vector<int32_t>{7, 8});
-    hub.shutdown("test over");
-    local.server->Shutdown();
   }
+  hub.shutdown("test over");
+  local.server->Shutdown();
 }
 
 TEST_CASE("a request its group gives back before any token is placed on another group", "[router][worker]") {

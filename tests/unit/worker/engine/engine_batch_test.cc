@@ -52,6 +52,26 @@ void require_same(const Outcome& a, const Outcome& b) {
   REQUIRE(std::memcmp(a.first_logits.data(), b.first_logits.data(), a.first_logits.size() * sizeof(float)) == 0);
 }
 
+// The test model with a 256-token KV pool.
+auto small_engine() {
+  EngineOptions o;
+  o.kv_cache_tokens = 256;
+  return testing::load_test_model(o);
+}
+
+SamplingOptions greedy_sampling() {
+  SamplingOptions g;
+  g.temperature = 0;
+  return g;
+}
+
+Result<StepOutput> step_of(Engine& engine, std::vector<NewSequence> news, std::vector<ScheduledSlice> slices) {
+  StepInput in;
+  in.new_sequences = std::move(news);
+  in.scheduled = std::move(slices);
+  return engine.step(in);
+}
+
 }  // namespace
 
 TEST_CASE("a request's greedy output does not depend on batch, page size or prefill chunks", "[engine][batch]") {
@@ -85,39 +105,30 @@ TEST_CASE("a request's greedy output does not depend on batch, page size or pref
 }
 
 TEST_CASE("a bad step plan is refused whole and leaves the engine usable", "[engine][errors]") {
-  EngineOptions o;
-  o.kv_cache_tokens = 256;
-  auto loaded = testing::load_test_model(o);
+  auto loaded = small_engine();
   Engine& engine = *loaded;
-  SamplingOptions g;
-  g.temperature = 0;
-  auto step_with = [&](std::vector<NewSequence> news, std::vector<ScheduledSlice> slices) {
-    StepInput in;
-    in.new_sequences = std::move(news);
-    in.scheduled = std::move(slices);
-    return engine.step(in);
-  };
+  const SamplingOptions g = greedy_sampling();
   // A token id outside the vocabulary.
-  auto r = step_with({{1, {1, 2, 999999}, 3, g, {}, 0}}, {{1, 0, 3, {0}, true}});
+  auto r = step_of(engine, {{1, {1, 2, 999999}, 3, g, {}, 0}}, {{1, 0, 3, {0}, true}});
   REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
   REQUIRE(engine.num_sequences() == 0);
   // Pages that cannot hold the slice, and a page outside the cache.
-  r = step_with({{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {}, true}});
+  r = step_of(engine, {{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {}, true}});
   REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
-  r = step_with({{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {4096}, true}});
+  r = step_of(engine, {{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {4096}, true}});
   REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
   // A start position that disagrees with the cache.
-  r = step_with({{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 1, 2, {0}, true}});
+  r = step_of(engine, {{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 1, 2, {0}, true}});
   REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
   REQUIRE(engine.num_sequences() == 0);
   // The engine still runs a good plan afterwards.
-  r = step_with({{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {0}, true}});
+  r = step_of(engine, {{1, {1, 2, 3}, 3, g, {}, 0}}, {{1, 0, 3, {0}, true}});
   REQUIRE(r.is_ok());
   REQUIRE(r->sampled.size() == 1);
   // Scheduling an unknown sequence fails; the known one is untouched and decodes on.
-  r = step_with({}, {{7, 0, 1, {}, true}});
+  r = step_of(engine, {}, {{7, 0, 1, {}, true}});
   REQUIRE(r.status().code() == StatusCode::kInvalidArgument);
-  r = step_with({}, {{1, 3, 1, {}, true}});
+  r = step_of(engine, {}, {{1, 3, 1, {}, true}});
   REQUIRE(r.is_ok());
 }
 
@@ -125,22 +136,13 @@ TEST_CASE("a failed sample fails its sequence alone, also in a plan sent before 
   // The router plans step N+1 before step N's result (router.pipeline_depth 2): N+1 may
   // decode a token of a sequence whose sample in N failed. That slice is skipped and its
   // sample fails again; the rest of the plan runs.
-  EngineOptions o;
-  o.kv_cache_tokens = 256;
-  auto loaded = testing::load_test_model(o);
+  auto loaded = small_engine();
   Engine& engine = *loaded;
-  SamplingOptions greedy;
-  greedy.temperature = 0;
+  const SamplingOptions greedy = greedy_sampling();
   SamplingOptions impossible = greedy;  // every token is banned before min_tokens: no usable logit
   impossible.min_tokens = 4;
   for (uint32_t t = 0; t < engine.config().vocab_size; ++t) impossible.banned_before_min_tokens.push_back(static_cast<int32_t>(t));
-  auto step_with = [&](std::vector<NewSequence> news, std::vector<ScheduledSlice> slices) {
-    StepInput in;
-    in.new_sequences = std::move(news);
-    in.scheduled = std::move(slices);
-    return engine.step(in);
-  };
-  auto r = step_with({{1, {1, 2, 3}, 3, greedy, {}, 0}, {2, {4, 5, 6}, 3, impossible, {}, 0}},
+  auto r = step_of(engine, {{1, {1, 2, 3}, 3, greedy, {}, 0}, {2, {4, 5, 6}, 3, impossible, {}, 0}},
                      {{1, 0, 3, {0}, true}, {2, 0, 3, {1}, true}});
   REQUIRE(r.is_ok());
   REQUIRE(r->sampled.size() == 2);
@@ -150,7 +152,7 @@ TEST_CASE("a failed sample fails its sequence alone, also in a plan sent before 
   REQUIRE_FALSE(r->sampled[1].status.is_ok());
   const int32_t first = r->sampled[0].sample.token_id;
   // The plan sent ahead: both decode the token their step-1 sample was to give.
-  r = step_with({}, {{1, 3, 1, {}, true}, {2, 3, 1, {}, true}});
+  r = step_of(engine, {}, {{1, 3, 1, {}, true}, {2, 3, 1, {}, true}});
   REQUIRE(r.is_ok());
   REQUIRE(r->sampled.size() == 2);
   REQUIRE(r->sampled[0].seq_id == 1);
@@ -158,18 +160,11 @@ TEST_CASE("a failed sample fails its sequence alone, also in a plan sent before 
   REQUIRE(r->sampled[1].seq_id == 2);
   REQUIRE_FALSE(r->sampled[1].status.is_ok());
   // Sequence 1 went on as if sequence 2 had never been there.
-  EngineOptions alone_options;
-  alone_options.kv_cache_tokens = 256;
-  auto alone = testing::load_test_model(alone_options);
-  StepInput in;
-  in.new_sequences = {{1, {1, 2, 3}, 3, greedy, {}, 0}};
-  in.scheduled = {{1, 0, 3, {0}, true}};
-  auto a = alone->step(in);
+  auto alone = small_engine();
+  auto a = step_of(*alone, {{1, {1, 2, 3}, 3, greedy, {}, 0}}, {{1, 0, 3, {0}, true}});
   REQUIRE(a.is_ok());
   REQUIRE(a->sampled[0].sample.token_id == first);
-  in = {};
-  in.scheduled = {{1, 3, 1, {}, true}};
-  a = alone->step(in);
+  a = step_of(*alone, {}, {{1, 3, 1, {}, true}});
   REQUIRE(a.is_ok());
   REQUIRE(a->sampled[0].sample.token_id == r->sampled[0].sample.token_id);
   // Released, the failed sequence is gone.
