@@ -114,6 +114,26 @@ struct TileKeys {
   }
 };
 
+// Walks a tile's keys [lo, hi) in kKeys steps over two K/V buffers: load(k0, buffer) starts
+// the asynchronous copy of a K/V tile (one cp.async group), use(k0, buffer) runs once it has
+// landed (the next tile streams in meanwhile) and must end with a barrier, which releases
+// the buffer for the copy after next.
+template <class Load, class Use>
+__device__ __forceinline__ void for_each_kv_tile(const TileKeys& keys, Load load, Use use) {
+  const int64_t first_key = keys.lo / kKeys * kKeys;
+  if (first_key < keys.hi) load(first_key, 0);
+  int buffer = 0;
+  for (int64_t k0 = first_key; k0 < keys.hi; k0 += kKeys, buffer ^= 1) {
+    if (k0 + kKeys < keys.hi) {
+      load(k0 + kKeys, buffer ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    use(k0, buffer);
+  }
+}
+
 // The online softmax of this thread's two query rows (tile rows r0 and r0 + 8).
 struct RowSoftmax {
   float m[2] = {-INFINITY, -INFINITY};  // running max of raw logits (-inf while nothing is attended)
@@ -282,18 +302,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
     }
     cp_async_commit();
   };
-  const int64_t first_key = keys.lo / kKeys * kKeys;
-  if (first_key < keys.hi) load_tile(first_key, 0);
-  int buffer = 0;
-  for (int64_t k0 = first_key; k0 < keys.hi; k0 += kKeys, buffer ^= 1) {
-    // The next tile streams in while this one is used; its buffer was released by the
-    // barrier that ended the previous iteration.
-    if (k0 + kKeys < keys.hi) {
-      load_tile(k0 + kKeys, buffer ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+  for_each_kv_tile(keys, load_tile, [&](int64_t k0, int buffer) {
     __syncthreads();
     const bf16* k_s = k_tiles + buffer * L::kTile;
     const bf16* v_s = v_tiles + buffer * L::kTile;
@@ -331,7 +340,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
       }
     }
     __syncthreads();  // every warp is done with this buffer before it is refilled
-  }
+  });
   rows.store<D>(o, p, tile, head, qd);
 }
 
@@ -396,16 +405,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_attention_wgmma_kernel(
     cp_async_commit();
   };
   const uint32_t q_addr = wgmma::smem_address(q_s) + group * 64 * 128;
-  const int64_t first_key = keys.lo / kKeys * kKeys;
-  if (first_key < keys.hi) load_tile(first_key, 0);
-  int buffer = 0;
-  for (int64_t k0 = first_key; k0 < keys.hi; k0 += kKeys, buffer ^= 1) {
-    if (k0 + kKeys < keys.hi) {
-      load_tile(k0 + kKeys, buffer ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+  for_each_kv_tile(keys, load_tile, [&](int64_t k0, int buffer) {
     wgmma::fence_shared_for_async();
     __syncthreads();
     const uint32_t k_addr = wgmma::smem_address(smem + L::kK + buffer * L::kTileBytes);
@@ -438,7 +438,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_attention_wgmma_kernel(
     wgmma::commit();
     wgmma::wait<0>();
     __syncthreads();  // both warpgroups are done with this buffer before it is refilled
-  }
+  });
   rows.store<D>(o, p, tile, head, qd);
 }
 
