@@ -1,5 +1,6 @@
 """The serving tier on CPU: router + worker processes against the engine alone, the prefix
-cache on a shared-system-prompt workload, the step overlap, and a second worker group.
+cache on a shared-system-prompt workload, the step overlap, planning one step ahead
+(router.pipeline_depth), and a second worker group.
 Driven by scripts/bench/router-tier; prints Markdown tables (and JSON with --json)."""
 import argparse
 import json
@@ -121,7 +122,7 @@ def main():
         "closed loop c=16, 64 req, 64+64 tok": w(64, 16, 64, 64),
     }
     shared = w(64, 16, 512, 16, shared=448)
-    results = {"tier": {}, "alone": {}, "prefix": {}, "overlap": {}, "groups": {}}
+    results = {"tier": {}, "alone": {}, "prefix": {}, "overlap": {}, "pipeline": {}, "groups": {}}
 
     def best(runs):
         return max(runs, key=lambda r: r["output_tokens_per_s"])
@@ -130,22 +131,25 @@ def main():
     # alike; idle tiers cost next to nothing meanwhile.
     on = Tier(a.build, a.model, ["router.overlap=true"])
     off = Tier(a.build, a.model, ["router.overlap=false"])
+    depth1 = Tier(a.build, a.model, ["router.pipeline_depth=1"])  # `on` plans one step ahead (depth 2)
     nocache = Tier(a.build, a.model, ["router.enable_prefix_cache=false"])
     try:
-        for t in (on, off, nocache):
+        for t in (on, off, depth1, nocache):
             t.add_worker("g0", a.threads)
             loadgen(tessera, ["--router", f"127.0.0.1:{t.grpc}"] + w(8, 8, 32, 8))  # warm-up
         alone = ["--in-process", "--model", a.model, "--threads", str(a.threads)]
         alone_nocache = alone + ["--no-prefix-cache"]
         for name, wl in workloads.items():
-            runs = {"alone": [], "on": [], "off": []}
+            runs = {"alone": [], "on": [], "off": [], "depth1": []}
             for _ in range(a.repeats):
                 runs["alone"].append(loadgen(tessera, alone + wl))
                 runs["on"].append(on_tier(on, tessera, wl))
                 runs["off"].append(on_tier(off, tessera, wl))
+                runs["depth1"].append(on_tier(depth1, tessera, wl))
             results["alone"][name] = best(runs["alone"])
             results["tier"][name] = best(runs["on"])
             results["overlap"][name] = {"true": best(runs["on"]), "false": best(runs["off"])}
+            results["pipeline"][name] = {"2": best(runs["on"]), "1": best(runs["depth1"])}
         runs = {"alone on": [], "alone off": [], "on": [], "off": []}
         for _ in range(a.repeats):
             runs["alone on"].append(loadgen(tessera, alone + shared))
@@ -154,7 +158,7 @@ def main():
             runs["off"].append(on_tier(nocache, tessera, shared))
         results["prefix"] = {k: best(v) for k, v in runs.items()}
     finally:
-        for t in (on, off, nocache):
+        for t in (on, off, depth1, nocache):
             t.close()
 
     # Data parallel: one group, then two, each worker on half the threads.
@@ -196,16 +200,23 @@ def main():
               f" | {f(r.get('ttft_p50_s', 0), 3)} | {r['cached_prompt_tokens'] or ''} |")
     print(f"\nspeed-up of the prefix cache: "
           f"{f(results['prefix']['on']['requests_per_s'] / results['prefix']['off']['requests_per_s'], 2)}x requests/s\n")
-    print("### Step overlap (stream step N's tokens while the worker runs step N+1)\n")
-    print("| workload | overlap off out tok/s | busy | overlap on out tok/s | busy | on/off |")
-    print("|---|---|---|---|---|---|")
-    for name in workloads:
-        off, on = results["overlap"][name]["false"], results["overlap"][name]["true"]
-        print(f"| {name} | {f(off['output_tokens_per_s'])} | {f(100 * off['worker_busy_share'])}%"
-              f" | {f(on['output_tokens_per_s'])} | {f(100 * on['worker_busy_share'])}%"
-              f" | {f(on['output_tokens_per_s'] / off['output_tokens_per_s'], 3)} |")
+    def a_b_table(title, key, a, b, a_label, b_label):
+        print(f"### {title}\n")
+        print(f"| workload | {a_label} out tok/s | busy | {b_label} out tok/s | busy | {b_label} / {a_label} |")
+        print("|---|---|---|---|---|---|")
+        for name in workloads:
+            ra, rb = results[key][name][a], results[key][name][b]
+            print(f"| {name} | {f(ra['output_tokens_per_s'])} | {f(100 * ra['worker_busy_share'])}%"
+                  f" | {f(rb['output_tokens_per_s'])} | {f(100 * rb['worker_busy_share'])}%"
+                  f" | {f(rb['output_tokens_per_s'] / ra['output_tokens_per_s'], 3)} |")
+        print()
+
+    a_b_table("Step overlap (stream step N's tokens while the worker runs step N+1)", "overlap", "false", "true",
+              "overlap off", "overlap on")
+    a_b_table("Pipelining (router.pipeline_depth: 2 sends plan N+1 before step N's result, 1 waits)", "pipeline",
+              "1", "2", "depth 1", "depth 2")
     g1, g2 = results["groups"][1], results["groups"][2]
-    print(f"\n### Data-parallel groups (closed loop c=16 workload, {half} thread(s) per worker)\n")
+    print(f"### Data-parallel groups (closed loop c=16 workload, {half} thread(s) per worker)\n")
     print("| groups | req/s | out tok/s | errors |")
     print("|---|---|---|---|")
     for n, r in ((1, g1), (2, g2)):
