@@ -142,23 +142,21 @@ TEST_CASE("a failed sample fails its sequence alone, also in a plan sent before 
   SamplingOptions impossible = greedy;  // every token is banned before min_tokens: no usable logit
   impossible.min_tokens = 4;
   for (uint32_t t = 0; t < engine.config().vocab_size; ++t) impossible.banned_before_min_tokens.push_back(static_cast<int32_t>(t));
+  auto require_1_sampled_2_failed = [](const Result<StepOutput>& r) {
+    REQUIRE(r.is_ok());
+    REQUIRE(r->sampled.size() == 2);
+    REQUIRE(r->sampled[0].seq_id == 1);
+    REQUIRE(r->sampled[0].status.is_ok());
+    REQUIRE(r->sampled[1].seq_id == 2);
+    REQUIRE_FALSE(r->sampled[1].status.is_ok());
+  };
   auto r = step_of(engine, {{1, {1, 2, 3}, 3, greedy, {}, 0}, {2, {4, 5, 6}, 3, impossible, {}, 0}},
                      {{1, 0, 3, {0}, true}, {2, 0, 3, {1}, true}});
-  REQUIRE(r.is_ok());
-  REQUIRE(r->sampled.size() == 2);
-  REQUIRE(r->sampled[0].seq_id == 1);
-  REQUIRE(r->sampled[0].status.is_ok());
-  REQUIRE(r->sampled[1].seq_id == 2);
-  REQUIRE_FALSE(r->sampled[1].status.is_ok());
+  require_1_sampled_2_failed(r);
   const int32_t first = r->sampled[0].sample.token_id;
   // The plan sent ahead: both decode the token their step-1 sample was to give.
   r = step_of(engine, {}, {{1, 3, 1, {}, true}, {2, 3, 1, {}, true}});
-  REQUIRE(r.is_ok());
-  REQUIRE(r->sampled.size() == 2);
-  REQUIRE(r->sampled[0].seq_id == 1);
-  REQUIRE(r->sampled[0].status.is_ok());
-  REQUIRE(r->sampled[1].seq_id == 2);
-  REQUIRE_FALSE(r->sampled[1].status.is_ok());
+  require_1_sampled_2_failed(r);
   // Sequence 1 went on as if sequence 2 had never been there.
   auto alone = small_engine();
   auto a = step_of(*alone, {{1, {1, 2, 3}, 3, greedy, {}, 0}}, {{1, 0, 3, {0}, true}});
