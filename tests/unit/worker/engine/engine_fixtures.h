@@ -102,6 +102,18 @@ inline double max_relative_error(const std::vector<float>& ours, const std::vect
   return diff / scale;
 }
 
+// ||ours - ref||₂ / ||ref||₂: the error relative to the logits vector as a whole (the
+// max-norm one above is set by the single worst logit).
+inline double l2_relative_error(const std::vector<float>& ours, const std::vector<float>& ref) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = static_cast<double>(ours[i]) - ref[i];
+    diff += d * d;
+    scale += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::sqrt(diff / scale);
+}
+
 inline float top2_gap(const std::vector<float>& logits) {
   float a = -INFINITY, b = -INFINITY;
   for (float v : logits) {
