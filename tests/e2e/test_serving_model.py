@@ -1,0 +1,71 @@
+"""scripts/bench/serving-model: the router's schedule replayed over a result file, each step
+costing DESIGN.md's bound (weights + KV at the bandwidth, or FLOPs at the peak)."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts/bench"))
+import serving_model  # noqa: E402
+
+CONFIG = json.loads((REPO_ROOT / "tests/fixtures/models/llama-3.1-8b-instruct/config.json").read_text())
+SHAPE = serving_model.Shape(CONFIG)
+BW, PEAK = 3.0e12, 800e12
+
+
+def run(requests, max_num_seqs=256, budget=8192, chunk=0):
+    return serving_model.simulate(requests, SHAPE, BW, PEAK, max_num_seqs, budget, chunk)
+
+
+def test_llama_8b_sizes_are_design_md_s():
+    assert round(SHAPE.weight_bytes / 1e9, 1) == 16.1  # "a bf16 Llama-3.1-8B (16.1 GB)"
+    assert SHAPE.kv_bytes_per_token == 32 * 2 * 8 * 128 * 2
+    assert abs(SHAPE.weight_bytes / BW - 5.35e-3) < 0.01e-3  # "about 5.3 ms per token"
+
+
+def test_one_request_is_a_prefill_then_decodes_each_bound_by_the_weights():
+    m = run([(0.0, 5, 4)])
+    assert m["steps"] == 4 and m["output_tokens"] == 4
+    assert m["bandwidth_bound_steps"] == 4
+    kv = sum(c * SHAPE.kv_bytes_per_token for c in (0 + 2 * 5, 5 + 2, 6 + 2, 7 + 2))
+    assert abs(m["time_s"] - (4 * SHAPE.weight_bytes + kv) / BW) < 1e-12
+
+
+def test_the_step_budget_and_the_chunk_size_split_a_prompt():
+    assert run([(0.0, 10, 1)], budget=4)["steps"] == 3  # 4 + 4 + 2 prompt tokens
+    assert run([(0.0, 10, 1)], chunk=3)["steps"] == 4  # 3 + 3 + 3 + 1
+
+
+def test_decodes_go_first_and_max_num_seqs_admits_in_arrival_order():
+    # Two sequences but room for one: the second starts when the first is done.
+    assert run([(0.0, 4, 3), (0.0, 4, 3)], max_num_seqs=1)["steps"] == 6
+    # Room for both: one step prefills both, then two decode steps.
+    m = run([(0.0, 4, 3), (0.0, 4, 3)])
+    assert m["steps"] == 3 and m["mean_decode_rows"] == 4 / 3
+
+
+def test_a_long_prompt_is_compute_bound():
+    m = run([(0.0, 8192, 1)])
+    flops = 2.0 * SHAPE.params * 8192 + SHAPE.attention_flops(0, 8192)
+    assert m["bandwidth_bound_steps"] == 0
+    assert abs(m["time_s"] - flops / PEAK) < 1e-12
+
+
+def test_late_arrivals_wait_for_their_time():
+    m = run([(0.0, 4, 2), (10.0, 4, 2)])
+    assert m["time_s"] > 10.0 and m["steps"] == 4
+
+
+def test_the_command_reads_a_result_file_and_prints_the_ratio(tmp_path):
+    result = {"points": [{"request_rate": "inf", "concurrency": None, "output_throughput": 1000.0,
+                          "requests": [{"input_len": 100, "output_len": 50, "ok": True, "start_s": 0.0}] * 8}]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(result))
+    out = subprocess.run([str(REPO_ROOT / "scripts/bench/serving-model"), "--result-json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    row = out.strip().splitlines()[-1].strip("|").split("|")
+    model = run([(0.0, 100, 50)] * 8)
+    assert int(row[1]) == model["steps"]
+    assert row[5].strip() == f"{model['output_throughput']:,.0f}"
+    assert row[7].strip() == f"{1000.0 / model['output_throughput']:.1%}"
