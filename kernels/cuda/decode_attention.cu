@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/pdl.cuh"
 
 #include <cfloat>
@@ -16,9 +17,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGroup = 8;
 constexpr int kChunk = 256;  // tokens whose logits sit in shared memory at once
 
-__device__ __forceinline__ float2 bf16x2_to_float2(uint32_t bits) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits));
-}
+using bf16::unpack2;
 
 // Block (kv head, sequence, piece): tokens [begin, end) of the sequence. Shared state per
 // query head of the group: the running maximum m, the running sum l, and the chunk's
@@ -112,7 +111,7 @@ __global__ void __launch_bounds__(kThreads, kGroup <= 4 ? 5 : 4) decode_attentio
           const uint32_t words[4] = {w.x, w.y, w.z, w.w};
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const float2 f = bf16x2_to_float2(words[e]);
+            const float2 f = unpack2(words[e]);
             k[v * 8 + e * 2] = f.x;
             k[v * 8 + e * 2 + 1] = f.y;
           }
@@ -175,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, kGroup <= 4 ? 5 : 4) decode_attentio
       float v[kDimsPerThread];
       #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float2 f = bf16x2_to_float2(words[e]);
+        const float2 f = unpack2(words[e]);
         v[2 * e] = f.x;
         v[2 * e + 1] = f.y;
       }

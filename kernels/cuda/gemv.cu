@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/pdl.cuh"
 
 #include "kernels/cuda/gemm_params.h"
@@ -15,38 +16,7 @@ constexpr int kThreads = kWarps * 32;
 // trips to memory.
 constexpr int kUnroll = 4;
 
-__device__ __forceinline__ void unpack(uint4 w, float (&out)[8]) {
-  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-  #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[e]));
-    out[2 * e] = f.x;
-    out[2 * e + 1] = f.y;
-  }
-}
-
-__device__ __forceinline__ uint4 pack(const float (&v)[8]) {
-  uint32_t words[4];
-  #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const __nv_bfloat162 b = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
-    words[e] = *reinterpret_cast<const uint32_t*>(&b);
-  }
-  return make_uint4(words[0], words[1], words[2], words[3]);
-}
-
-__device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-
-// Sum over the block; every thread gets it.
-__device__ float block_sum(float v, float* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-  __syncthreads();
-  float total = 0.0f;
-  #pragma unroll
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
-  return total;
-}
+using namespace bf16;
 
 // Weight words [i0 + 32u] of kRows rows (`rows` apart), u < kUnroll, zero past the row.
 template <int kRows>
@@ -71,7 +41,6 @@ __device__ __forceinline__ void load_weights(const uint4* w, int64_t row_words, 
 template <int kRows>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(GemmParams p) {
   extern __shared__ uint4 act[];  // [k / 8]
-  __shared__ float sums[kWarps];
   const int lane = threadIdx.x & 31;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const bool active = j < p.n;
@@ -86,21 +55,13 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemmParams p) {
   if (p.norm_weight) {
     float sum_sq = 0.0f;
     for (int64_t i = threadIdx.x; i < words; i += kThreads) {
-      float v[8];
-      unpack(a[i], v);
+      const Bf16x8 v = unpack8(a[i]);
       #pragma unroll
-      for (int e = 0; e < 8; ++e) sum_sq += v[e] * v[e];
+      for (int e = 0; e < 8; ++e) sum_sq += v.v[e] * v.v[e];
     }
-    const float inv_rms = rsqrtf(block_sum(sum_sq, sums) / static_cast<float>(p.k) + p.norm_eps);
+    const float inv_rms = rsqrtf(block_sum(sum_sq) / static_cast<float>(p.k) + p.norm_eps);
     const uint4* nw = reinterpret_cast<const uint4*>(p.norm_weight);
-    for (int64_t i = threadIdx.x; i < words; i += kThreads) {
-      float v[8], g[8];
-      unpack(a[i], v);
-      unpack(nw[i], g);
-      #pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = round_bf16(v[e] * inv_rms) * g[e];
-      act[i] = pack(v);
-    }
+    for (int64_t i = threadIdx.x; i < words; i += kThreads) act[i] = pack8(rms_scale8(unpack8(a[i]), inv_rms, nw[i]));
   } else {
     for (int64_t i = threadIdx.x; i < words; i += kThreads) act[i] = a[i];
   }
@@ -113,14 +74,12 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemmParams p) {
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t i = i0 + 32 * u;
       if (i >= words) break;
-      float av[8];
-      unpack(act[i], av);
+      const Bf16x8 av = unpack8(act[i]);
       #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        float wv[8];
-        unpack(wq[r][u], wv);
+        const Bf16x8 wv = unpack8(wq[r][u]);
         #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[r] += wv[e] * av[e];
+        for (int e = 0; e < 8; ++e) acc[r] += wv.v[e] * av.v[e];
       }
     }
     if (i0 + 32 * kUnroll < words) load_weights<kRows>(w, row_words, i0 + 32 * kUnroll, words, wq);
@@ -135,11 +94,11 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(GemmParams p) {
     // silu(gate) · up, rounded where the unfused path rounds (each projection, silu).
     const float g = round_bf16(acc[0]);
     const float u = round_bf16(acc[1]);
-    *c = __bfloat16_as_ushort(__float2bfloat16_rn(round_bf16(g / (1.0f + __expf(-g))) * u));
+    *c = to_bf16(silu_bf16(g) * u);
   } else {
     float v = acc[0];
-    if (p.accumulate) v += __bfloat162float(__ushort_as_bfloat16(*c));
-    *c = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    if (p.accumulate) v += to_float(*c);
+    *c = to_bf16(v);
   }
 }
 

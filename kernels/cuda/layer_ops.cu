@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/pdl.cuh"
 
 #include <algorithm>
@@ -12,27 +13,7 @@ namespace tessera::kernels::cuda {
 
 namespace {
 
-__device__ __forceinline__ float to_float(Bf16 bits) { return __bfloat162float(__ushort_as_bfloat16(bits)); }
-__device__ __forceinline__ Bf16 to_bf16(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-__device__ __forceinline__ float round_bf16(float v) { return to_float(to_bf16(v)); }
-
-// Sum of v over the block (every thread gets it). blockDim.x is a multiple of 32, at most 1024.
-__device__ float block_sum(float v) {
-  __shared__ float warp_sums[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    const int num_warps = blockDim.x >> 5;
-    v = lane < num_warps ? warp_sums[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) warp_sums[0] = v;
-  }
-  __syncthreads();
-  return warp_sums[0];
-}
+using namespace bf16;
 
 // One block per token; 16-byte copies when rows allow them.
 __global__ void embedding_kernel(const Bf16* __restrict__ table, const int32_t* __restrict__ ids, Bf16* __restrict__ out,
@@ -48,31 +29,6 @@ __global__ void embedding_kernel(const Bf16* __restrict__ table, const int32_t* 
   } else {
     for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
   }
-}
-
-// Eight bf16 values in one 16-byte word, and back.
-struct Bf16x8 {
-  float v[8];
-};
-__device__ __forceinline__ Bf16x8 unpack8(uint4 w) {
-  Bf16x8 out;
-  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-  #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&words[e]));
-    out.v[2 * e] = f.x;
-    out.v[2 * e + 1] = f.y;
-  }
-  return out;
-}
-__device__ __forceinline__ uint4 pack8(const Bf16x8& x) {
-  uint32_t words[4];
-  #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const __nv_bfloat162 b = __floats2bfloat162_rn(x.v[2 * e], x.v[2 * e + 1]);
-    words[e] = *reinterpret_cast<const uint32_t*>(&b);
-  }
-  return make_uint4(words[0], words[1], words[2], words[3]);
 }
 
 // rms_norm_kernel for rows of whole 16-byte words (width % 8 == 0, aligned buffers).
@@ -98,13 +54,7 @@ __global__ void rms_norm_vec8_kernel(const uint4* x, uint4* residual, const uint
   const float inv_rms = rsqrtf(block_sum(sum_sq) / static_cast<float>(width) + eps);
   const uint4* src = rr ? rr : xr;
   uint4* o = out + row * words;
-  for (int64_t i = threadIdx.x; i < words; i += blockDim.x) {
-    Bf16x8 v = unpack8(src[i]);
-    const Bf16x8 w = unpack8(weight[i]);
-    #pragma unroll
-    for (int e = 0; e < 8; ++e) v.v[e] = round_bf16(v.v[e] * inv_rms) * w.v[e];
-    o[i] = pack8(v);
-  }
+  for (int64_t i = threadIdx.x; i < words; i += blockDim.x) o[i] = pack8(rms_scale8(unpack8(src[i]), inv_rms, weight[i]));
 }
 
 __global__ void silu_mul_vec8_kernel(const uint4* __restrict__ gate_up, uint4* __restrict__ out, int64_t rows,
@@ -120,7 +70,7 @@ __global__ void silu_mul_vec8_kernel(const uint4* __restrict__ gate_up, uint4* _
     const Bf16x8 u = unpack8(gate_up[r * 2 * words + words + c]);
     Bf16x8 o;
     #pragma unroll
-    for (int e = 0; e < 8; ++e) o.v[e] = round_bf16(g.v[e] / (1.0f + __expf(-g.v[e]))) * u.v[e];
+    for (int e = 0; e < 8; ++e) o.v[e] = silu_bf16(g.v[e]) * u.v[e];
     out[k] = pack8(o);
   }
 }
@@ -162,7 +112,7 @@ __global__ void silu_mul_kernel(const Bf16* __restrict__ gate_up, Bf16* __restri
     const int64_t c = k - r * width;
     const float g = to_float(gate_up[r * 2 * width + c]);
     const float u = to_float(gate_up[r * 2 * width + width + c]);
-    out[k] = to_bf16(round_bf16(g / (1.0f + __expf(-g))) * u);
+    out[k] = to_bf16(silu_bf16(g) * u);
   }
 }
 

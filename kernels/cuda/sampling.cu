@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/sampling_params.h"
 
 namespace tessera::kernels::cuda {
@@ -53,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(ArgmaxParams p) {
           const uint32_t halves[4] = {q[u].x, q[u].y, q[u].z, q[u].w};
           #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&halves[e]));
+            const float2 f = bf16::unpack2(halves[e]);
             consider(f.x, 8 * i + 2 * e);
             consider(f.y, 8 * i + 2 * e + 1);
           }
