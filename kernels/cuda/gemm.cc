@@ -151,9 +151,7 @@ Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes) {
 Status Gemm::run(const GemmParams& p, Stream stream) {
   if (p.m < 0 || p.n <= 0 || p.k <= 0 || (p.ldc != 0 && p.ldc < p.n)) return invalid_argument("cuda gemm: bad shape");
   const int64_t ldc = p.ldc > 0 ? p.ldc : p.n;
-  const bool gemv_fits = p.m <= launch::kGemvMaxRows && p.k % 8 == 0 && p.k <= launch::kGemvMaxK &&
-                         (reinterpret_cast<uintptr_t>(p.a) | reinterpret_cast<uintptr_t>(p.w) |
-                          reinterpret_cast<uintptr_t>(p.norm_weight)) % 16 == 0;
+  const bool gemv_fits = launch::gemv_fits(p.m, p.k, p.a, p.w, p.norm_weight);
   if (p.gate_up_silu && (p.m != 1 || p.accumulate || !gemv_fits)) {
     return invalid_argument("cuda gemm: the fused gate/up/silu GEMV needs one row, k % 8 == 0 and 16-byte aligned A and W");
   }

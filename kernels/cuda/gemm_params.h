@@ -36,6 +36,12 @@ namespace launch {
 // slower already at m = 8, so only m = 1 comes here.
 inline constexpr int64_t kGemvMaxRows = 1;
 inline constexpr int64_t kGemvMaxK = 48 * 1024;
+// Whether the GEMV takes C = A·Wᵀ (else cuBLASLt does); null pointers count as aligned.
+inline bool gemv_fits(int64_t m, int64_t k, const void* a, const void* w, const void* norm_weight = nullptr) {
+  const uintptr_t addresses =
+      reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(norm_weight);
+  return m <= kGemvMaxRows && k % 8 == 0 && k <= kGemvMaxK && addresses % 16 == 0;
+}
 const char* gemv(const GemmParams& p, Stream stream);
 }  // namespace launch
 

@@ -463,23 +463,16 @@ Status CudaBackend::rms_norm(Act x, Act weight, float eps, Act out, int64_t rows
                        impl_->stream);
 }
 
-namespace {
-
-// The one-row GEMV folds the norm into its staging of the row when the buffers allow.
-bool gemv_takes_norm(Act x, const RowNorm& norm, int64_t m, int64_t k) {
-  return m == 1 && k % 8 == 0 && k <= kcu::launch::kGemvMaxK &&
-         (reinterpret_cast<uintptr_t>(x.data()) | reinterpret_cast<uintptr_t>(norm.weight.data())) % 16 == 0;
-}
-
-}  // namespace
-
 Status CudaBackend::matmul(Act x, int64_t m_rows, int64_t k, std::span<const MatmulTarget> targets) {
   return run_matmul(x, nullptr, m_rows, k, targets);
 }
 
 Status CudaBackend::normed_matmul(Act x, const RowNorm& norm, int64_t m, int64_t k,
                                   std::span<const MatmulTarget> targets) {
-  if (!gemv_takes_norm(x, norm, m, k)) return Backend::normed_matmul(x, norm, m, k, targets);
+  // The one-row GEMV folds the norm into its staging of the row when the buffers allow.
+  if (m != 1 || !kcu::launch::gemv_fits(m, k, x.data(), nullptr, norm.weight.data())) {
+    return Backend::normed_matmul(x, norm, m, k, targets);
+  }
   return run_matmul(x, &norm, m, k, targets);
 }
 
@@ -631,9 +624,8 @@ Status CudaBackend::gate_up_silu(Act x, const RowNorm& norm, int64_t m, int64_t 
                                  const WeightTensor& up, Act gate_up, Act act) {
   // One row, the up rows right after the gate rows: one GEMV normalizes the row and writes
   // the activation.
-  if (gemv_takes_norm(x, norm, m, k) && gate.type == GgmlType::kBF16 && up.type == GgmlType::kBF16 &&
-      gate.k == k && up.k == k && up.n == gate.n && up.data == gate.data + gate.bytes &&
-      reinterpret_cast<uintptr_t>(gate.data) % 16 == 0) {
+  if (m == 1 && kcu::launch::gemv_fits(m, k, x.data(), gate.data, norm.weight.data()) && gate.type == GgmlType::kBF16 &&
+      up.type == GgmlType::kBF16 && gate.k == k && up.k == k && up.n == gate.n && up.data == gate.data + gate.bytes) {
     kcu::GemmParams p;
     p.a = x.as<const Bf16>();
     p.w = reinterpret_cast<const Bf16*>(gate.data);
