@@ -181,14 +181,14 @@ Status Engine::check_plan(const StepInput& in) const {
     if (auto it = views.find(sl.seq_id); it != views.end()) {
       v = it->second;
     } else if (auto old = sequences_.find(sl.seq_id); old != sequences_.end() && !released.count(sl.seq_id)) {
+      if (old->second.failed) {
+        total_samples += sl.sample ? 1 : 0;  // skipped: its last sample failed (Sequence::failed)
+        continue;
+      }
       v = {static_cast<int64_t>(old->second.tokens.size()), old->second.num_computed,
            static_cast<int64_t>(old->second.pages.size())};
     } else {
       return bad(sl.seq_id, "is not known to this worker");
-    }
-    if (auto old = sequences_.find(sl.seq_id); old != sequences_.end() && old->second.failed && !views.count(sl.seq_id)) {
-      total_samples += sl.sample ? 1 : 0;  // skipped: its last sample failed (Sequence::failed)
-      continue;
     }
     if (sl.start_position != v.num_computed) {
       return bad(sl.seq_id, "starts at " + std::to_string(sl.start_position) + " but " +
