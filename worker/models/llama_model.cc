@@ -371,18 +371,19 @@ Status LlamaModel::forward(const engine::StepLayout& layout) {
   if (sample_rows.empty()) return Status::ok();
   const int64_t s = static_cast<int64_t>(sample_rows.size());
   const MatmulTarget head[] = {{&lm_head_, logits_, 0, {}}};
+  // The sampled rows of x_; when every row samples, in order (decode steps), x_ itself.
   bool every_row = s == n;
   for (int64_t r = 0; every_row && r < s; ++r) every_row = sample_rows[static_cast<size_t>(r)] == r;
-  if (every_row && c.logit_scale == 1.0) {
-    // Every row samples, in order (decode steps): the final norm goes into lm_head's input.
-    return be.normed_matmul(x_, {final_norm_, eps, sample_hidden_}, s, hidden, head);
+  engine::Act rows = x_;
+  if (!every_row) {
+    TESSERA_RETURN_IF_ERROR(be.gather_rows(x_, sample_rows, hidden, h_));
+    rows = h_;
   }
-  TESSERA_RETURN_IF_ERROR(be.gather_rows(x_, sample_rows, hidden, h_));
-  TESSERA_RETURN_IF_ERROR(be.rms_norm(h_, final_norm_, eps, sample_hidden_, s, hidden));
-  if (c.logit_scale != 1.0) {
-    // MiniCPM scales the final hidden state before lm_head: x += (scale - 1) * x.
-    TESSERA_RETURN_IF_ERROR(be.add(sample_hidden_, sample_hidden_, s * hidden, static_cast<float>(c.logit_scale) - 1));
-  }
+  // The final norm goes into lm_head's input (a backend may fold it into the projection).
+  if (c.logit_scale == 1.0) return be.normed_matmul(rows, {final_norm_, eps, sample_hidden_}, s, hidden, head);
+  TESSERA_RETURN_IF_ERROR(be.rms_norm(rows, final_norm_, eps, sample_hidden_, s, hidden));
+  // MiniCPM scales the final hidden state before lm_head: x += (scale - 1) * x.
+  TESSERA_RETURN_IF_ERROR(be.add(sample_hidden_, sample_hidden_, s * hidden, static_cast<float>(c.logit_scale) - 1));
   return be.matmul(sample_hidden_, s, hidden, head);
 }
 
