@@ -15,6 +15,7 @@
 #include "tessera/common/config.h"
 #include "tessera/common/http_status_server.h"
 #include "tessera/common/metrics.h"
+#include "worker/service/step_trace.h"
 #include "worker/service/worker_session.h"
 #if TESSERA_WITH_CUDA
 #include "kernels/cuda/device_info.h"
@@ -91,6 +92,13 @@ int serve(const tessera::Config& config) {
     case LoadFormat::kDummy: format = engine::LoadFormat::kDummy; break;
     case LoadFormat::kAuto: break;
   }
+  // Opened before the model loads, so a bad path fails at once.
+  std::unique_ptr<worker::StepTrace> trace;
+  if (!config.worker.step_trace_path.empty()) {
+    auto opened = worker::StepTrace::open(config.worker.step_trace_path);
+    if (!opened) return cli::fail(kProgram, opened.status());
+    trace = std::move(*opened);
+  }
   // SIGTERM/SIGINT are blocked in every thread; one thread waits for them.
   const cli::StopSignals signals;
 
@@ -157,10 +165,12 @@ int serve(const tessera::Config& config) {
                static_cast<long long>((*engine)->page_size()), config.worker.router_address.c_str(),
                config.worker.group.c_str());
 
-  worker::WorkerSession session(**engine, {config.worker.router_address, config.worker.group, "",
-                                           served_model_name(config.model, *path),
-                                           std::chrono::milliseconds(100), std::chrono::milliseconds(5000),
-                                           std::chrono::milliseconds(config.worker.heartbeat_interval_ms)});
+  worker::WorkerSessionOptions session_options{config.worker.router_address, config.worker.group, "",
+                                               served_model_name(config.model, *path),
+                                               std::chrono::milliseconds(100), std::chrono::milliseconds(5000),
+                                               std::chrono::milliseconds(config.worker.heartbeat_interval_ms)};
+  session_options.step_trace = trace.get();
+  worker::WorkerSession session(**engine, session_options);
   session_ptr = &session;
   std::atomic<bool> run_returned{false};
   // SIGTERM drains: the router finishes this worker's requests and then detaches it for

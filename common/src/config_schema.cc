@@ -264,6 +264,9 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "gpu_memory_utilization leaves after weights and activations)."),
       field("worker.heartbeat_interval_ms", &C::worker, &WorkerSettings::heartbeat_interval_ms,
             "How often the worker tells its router it is alive (during long steps and while idle)."),
+      field("worker.step_trace_path", &C::worker, &WorkerSettings::step_trace_path,
+            "Write one JSON line per executed step (its rows, KV read, attention and time) to this file, for "
+            "`scripts/bench/serving-model --step-trace`; empty: off."),
 
       field("logging.level", &C::logging, &LoggingSettings::level, "Least severe level that is written."),
       field("logging.format", &C::logging, &LoggingSettings::format, "`text` for people, `json` for one JSON object per line."),

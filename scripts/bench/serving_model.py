@@ -22,13 +22,23 @@ The model's time is the sum of its steps; its output throughput is output tokens
 Steps are not overlapped with each other and nothing else costs anything, so a server can
 at best match it.
 
+With --step-trace (a worker's worker.step_trace_path file, one JSON line per executed
+step) each step the server really ran is set beside the model's cost of that very step,
+grouped by the tokens it computed: where measured time exceeds the model, and by how much.
+Beside it, a second bound for an engine that runs one kernel at a time: the weights'
+matrix products bound by their own limit (weights / bandwidth or FLOPs / peak), then
+attention bound by its own (KV / bandwidth or its FLOPs / peak), added rather than
+overlapped.
+
   scripts/bench/serving-model --result-json RUN.json [--config config.json]
       [--bandwidth 3.0e12] [--peak 800e12] [--max-num-seqs 256]
       [--max-num-batched-tokens 8192] [--prefill-chunk-tokens 0] [--point N]
+  scripts/bench/serving-model --step-trace TRACE.jsonl [--config config.json]
 """
 import argparse
 import json
 import os
+import sys
 from collections import deque
 
 
@@ -53,8 +63,30 @@ class Shape:
 
     def attention_flops(self, first: int, n: int) -> float:
         """Q·Kᵀ and P·V of tokens at positions first .. first + n - 1, each over its causal context."""
-        contexts = n * first + n * (n + 1) / 2  # sum of (position + 1)
-        return 4.0 * contexts * self.heads * self.head_dim * self.layers
+        return self.attended_flops(n * first + n * (n + 1) / 2)  # sum of (position + 1)
+
+    def attended_flops(self, attended: float) -> float:
+        """Q·Kᵀ and P·V over `attended` (query, key) pairs."""
+        return 4.0 * attended * self.heads * self.head_dim * self.layers
+
+    def step_bounds(self, tokens: int, context: int, attended: float, bandwidth: float, peak: float):
+        """A step computing `tokens` tokens that reads `context` tokens of KV (each sequence's
+        context after the step) over `attended` (query, key) pairs: (bytes / bandwidth,
+        FLOPs / peak) of the whole step, and the same pair for attention alone."""
+        kv = (context + tokens) * self.kv_bytes_per_token  # read the context, write the new KV
+        attention = (kv / bandwidth, self.attended_flops(attended) / peak)
+        return ((self.weight_bytes + kv) / bandwidth, (2.0 * self.params * tokens) / peak + attention[1]), attention
+
+    def step_time(self, tokens: int, context: int, attended: float, bandwidth: float, peak: float) -> float:
+        """DESIGN.md's bound: the whole step's bytes at the bandwidth or its FLOPs at the peak."""
+        return max(self.step_bounds(tokens, context, attended, bandwidth, peak)[0])
+
+    def serial_step_time(self, tokens: int, context: int, attended: float, bandwidth: float, peak: float) -> float:
+        """The bound of an engine that overlaps nothing: the weights' products, then attention,
+        each at its own limit."""
+        (_, flops_t), attention = self.step_bounds(tokens, context, attended, bandwidth, peak)
+        products = max(self.weight_bytes / bandwidth, flops_t - attention[1])
+        return products + max(attention)
 
 
 class Sequence:
@@ -96,17 +128,19 @@ def simulate(requests, shape: Shape, bandwidth: float, peak: float, max_num_seqs
                 n = min(n, left)
                 slices.append((s, n))
                 left -= n
-        flops = 0.0
-        traffic = float(shape.weight_bytes)
+        tokens = context = 0
+        attended = 0.0
         for s, n in slices:
-            flops += 2.0 * shape.params * n + shape.attention_flops(s.computed, n)
-            traffic += (s.computed + 2 * n) * shape.kv_bytes_per_token  # read the context, write the new KV
+            tokens += n
+            context += s.computed + n
+            attended += n * s.computed + n * (n + 1) / 2
             if n == 1 and s.known - s.computed == 1:
                 decode_rows += 1
             else:
                 prefill_tokens += n
-        step = max(traffic / bandwidth, flops / peak)
-        bytes_bound_steps += traffic / bandwidth >= flops / peak
+        (bytes_t, flops_t), _ = shape.step_bounds(tokens, context, attended, bandwidth, peak)
+        step = max(bytes_t, flops_t)
+        bytes_bound_steps += bytes_t >= flops_t
         now += step
         steps += 1
         for s, n in slices:
@@ -122,9 +156,56 @@ def simulate(requests, shape: Shape, bandwidth: float, peak: float, max_num_seqs
             "bandwidth_bound_steps": bytes_bound_steps}
 
 
+TRACE_GROUPS = (1, 64, 256, 512, 1024, 2048, 4096)  # lower bounds of the token groups
+
+
+def trace_table(lines, shape: Shape, bandwidth: float, peak: float) -> dict:
+    """Measured against modelled time for the steps of a worker's step trace."""
+    steps = [json.loads(line) for line in lines if line.strip()]
+    steps = [s for s in steps if s["ok"] and s["tokens"] > 0]
+    if not steps:
+        raise ValueError("the step trace holds no executed step")
+    groups = {g: {"steps": 0, "tokens": 0, "decode_rows": 0, "context": 0, "measured": 0.0, "model": 0.0,
+                  "serial": 0.0} for g in TRACE_GROUPS}
+    for s in steps:
+        g = groups[max(lo for lo in TRACE_GROUPS if lo <= s["tokens"])]
+        g["steps"] += 1
+        for k in ("tokens", "decode_rows", "context"):
+            g[k] += s[k]
+        g["measured"] += s["seconds"]
+        g["model"] += shape.step_time(s["tokens"], s["context"], s["attended"], bandwidth, peak)
+        g["serial"] += shape.serial_step_time(s["tokens"], s["context"], s["attended"], bandwidth, peak)
+    total = {k: sum(g[k] for g in groups.values()) for k in next(iter(groups.values()))}
+    span = max(s["t"] + s["seconds"] for s in steps) - min(s["t"] for s in steps)
+    return {"groups": groups, "total": total, "span_s": span}
+
+
+def print_trace_table(t: dict) -> None:
+    print("| tokens a step | steps | mean decode rows | mean tokens | mean context | measured ms/step "
+          "| model ms/step | model / measured | one-kernel-at-a-time bound ms/step | its share of measured "
+          "| measured s | measured s over the model |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    bounds = list(TRACE_GROUPS) + [None]
+    rows = [(f"{lo}–{bounds[i + 1] - 1}" if bounds[i + 1] else f"{lo}+", t["groups"][lo])
+            for i, lo in enumerate(TRACE_GROUPS)] + [("all", t["total"])]
+    for name, g in rows:
+        n = g["steps"]
+        if n == 0:
+            continue
+        print(f"| {name} | {n} | {g['decode_rows'] / n:.1f} | {g['tokens'] / n:.1f} | {g['context'] / n:,.0f} "
+              f"| {1e3 * g['measured'] / n:.2f} | {1e3 * g['model'] / n:.2f} | {g['model'] / g['measured']:.1%} "
+              f"| {1e3 * g['serial'] / n:.2f} | {g['serial'] / g['measured']:.1%} | {g['measured']:.2f} "
+              f"| {g['measured'] - g['model']:.2f} |")
+    busy = t["total"]["measured"]
+    print(f"\nThe traced steps span {t['span_s']:.2f} s, of which the worker spent {busy:.2f} s in steps "
+          f"({busy / t['span_s']:.1%}); the model needs {t['total']['model']:.2f} s for the same steps "
+          f"({t['total']['model'] / t['span_s']:.1%} of the span).")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--result-json", required=True, help="a result file of scripts/bench/serving")
+    ap.add_argument("--result-json", help="a result file of scripts/bench/serving")
+    ap.add_argument("--step-trace", help="a worker's step trace (worker.step_trace_path): measured steps against the model")
     ap.add_argument("--point", type=int, default=0, help="which point of the result (default the first)")
     ap.add_argument("--config", default=os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..",
                                                      "tests/fixtures/models/llama-3.1-8b-instruct/config.json"))
@@ -137,6 +218,20 @@ def main(argv=None):
     config_path = a.config if a.config.endswith(".json") else os.path.join(a.config, "config.json")
     with open(config_path) as f:
         shape = Shape(json.load(f))
+    if bool(a.result_json) == bool(a.step_trace):
+        ap.error("give one of --result-json and --step-trace")
+    if a.step_trace:
+        with open(a.step_trace) as f:
+            try:
+                t = trace_table(f, shape, a.bandwidth, a.peak)
+            except (ValueError, KeyError) as e:
+                print(f"serving-model: {a.step_trace}: not a step trace ({e})", file=sys.stderr)
+                return 1
+        print(f"# the executed steps of {a.step_trace}; weights {shape.weight_bytes / 1e9:.2f} GB, KV "
+              f"{shape.kv_bytes_per_token / 1e3:.0f} kB/token; {a.bandwidth / 1e12:.2f} TB/s, "
+              f"{a.peak / 1e12:.0f} TFLOP/s\n")
+        print_trace_table(t)
+        return 0
     with open(a.result_json) as f:
         point = json.load(f)["points"][a.point]
     saturated = str(point.get("request_rate")) == "inf" or point.get("concurrency") is not None

@@ -69,3 +69,41 @@ def test_the_command_reads_a_result_file_and_prints_the_ratio(tmp_path):
     assert int(row[1]) == model["steps"]
     assert row[5].strip() == f"{model['output_throughput']:,.0f}"
     assert row[7].strip() == f"{1000.0 / model['output_throughput']:.1%}"
+
+
+def test_a_step_trace_is_set_beside_the_model_step_by_step(tmp_path):
+    # A decode step of 100 rows at context 500 (bandwidth-bound) and an 8k prefill
+    # (compute-bound), as a worker's worker.step_trace_path writes them; one refused plan.
+    decode = {"step": 1, "t": 0.0, "seconds": 0.020, "ok": True, "slices": 100, "decode_rows": 100,
+              "tokens": 100, "context": 100 * 500, "attended": 100 * 500, "sampled": 100}
+    prefill = {"step": 2, "t": 0.030, "seconds": 0.300, "ok": True, "slices": 1, "decode_rows": 0,
+               "tokens": 8192, "context": 8192, "attended": 8192 * 8193 / 2, "sampled": 1}
+    refused = dict(decode, step=3, t=0.4, ok=False)
+    path = tmp_path / "trace.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in (decode, prefill, refused)))
+    t = serving_model.trace_table(path.read_text().splitlines(), SHAPE, BW, PEAK)
+    kv = (100 * 500 + 100) * SHAPE.kv_bytes_per_token
+    want_decode = (SHAPE.weight_bytes + kv) / BW
+    assert abs(t["groups"][64]["model"] - want_decode) < 1e-12
+    assert abs(t["groups"][64]["serial"] - (SHAPE.weight_bytes / BW + kv / BW)) < 1e-12
+    want_prefill = (2.0 * SHAPE.params * 8192 + SHAPE.attention_flops(0, 8192)) / PEAK
+    assert abs(t["groups"][4096]["model"] - want_prefill) < 1e-12
+    assert t["total"]["steps"] == 2 and abs(t["total"]["measured"] - 0.320) < 1e-12
+    assert abs(t["span_s"] - 0.330) < 1e-12
+    # Neither bound can exceed what was measured here, and the serial one is never below the model.
+    for g in t["groups"].values():
+        assert g["serial"] >= g["model"] - 1e-15
+    out = subprocess.run([str(REPO_ROOT / "scripts/bench/serving-model"), "--step-trace", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert rows["64–255"].split("|")[2].strip() == "1"
+    assert rows["all"].split("|")[2].strip() == "2"
+    assert rows["all"].split("|")[6].strip() == "160.00"  # measured ms a step
+
+
+def test_a_file_that_is_not_a_step_trace_is_a_clear_error(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"points": []}\n')
+    r = subprocess.run([str(REPO_ROOT / "scripts/bench/serving-model"), "--step-trace", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "not a step trace" in r.stderr

@@ -7,6 +7,7 @@
 
 #include "tessera/v1/worker.grpc.pb.h"
 #include "worker/service/plan_codec.h"
+#include "worker/service/step_trace.h"
 
 namespace tessera::worker {
 
@@ -195,13 +196,17 @@ Status WorkerSession::serve_once(bool* final_detach) {
         current_step_ = 0;
         const auto stepped = Clock::now();
         if (out) *reply.mutable_result() = step_result_to_proto(msg.plan().step_id(), *out);
+        const auto done = Clock::now();
         {
           std::lock_guard lock(mutex_);
-          const auto done = Clock::now();
           stats_.step_seconds += seconds(done - step_start);
           stats_.decode_seconds += seconds(decoded - step_start);
           stats_.engine = engine_.phase_seconds();
           stats_.encode_seconds += seconds(done - stepped);
+        }
+        if (options_.step_trace) {
+          options_.step_trace->record(msg.plan().step_id(), input ? *input : engine::StepInput{}, step_start, done,
+                                      out.is_ok());
         }
         if (out) {
           std::lock_guard lock(mutex_);

@@ -31,6 +31,8 @@ namespace tessera::worker {
 
 inline constexpr uint32_t kProtocolVersion = 1;
 
+class StepTrace;
+
 struct WorkerSessionOptions {
   std::string router_address;  // host:port of the router's WorkerHub
   std::string group = "default";
@@ -42,6 +44,8 @@ struct WorkerSessionOptions {
   // This worker's place in its group (tensor × pipeline parallel ranks).
   uint32_t rank = 0;
   uint32_t world_size = 1;
+  // Not null: every executed plan is recorded there (worker.step_trace_path). Not owned.
+  StepTrace* step_trace = nullptr;
   [[nodiscard]] Status validate() const;
 };
 

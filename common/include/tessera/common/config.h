@@ -109,6 +109,8 @@ struct WorkerSettings {
   uint64_t kv_cache_bytes = 0;
   // How often an attached worker proves it is alive when it has nothing else to send.
   uint32_t heartbeat_interval_ms = 1000;
+  // Not empty: one JSON line per executed step plan is written here (a diagnostic).
+  std::string step_trace_path;
 };
 
 struct LoggingSettings {

@@ -6,6 +6,11 @@
 #include <catch2/catch.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <mutex>
@@ -14,6 +19,7 @@
 #include "local_grpc_server.h"
 #include "worker/engine/engine_fixtures.h"
 #include "worker/service/plan_codec.h"
+#include "worker/service/step_trace.h"
 
 using namespace tessera;
 
@@ -121,8 +127,15 @@ TEST_CASE("the worker serves plans, reports faults, re-dials after a break and e
   const int port = local.port;
 
   auto engine = tiny_engine();
-  worker::WorkerSession session(*engine, {"127.0.0.1:" + std::to_string(port), "g0", "test-worker", "tiny",
-                                          std::chrono::milliseconds(20), std::chrono::milliseconds(200)});
+  const std::string trace_path =
+      (std::filesystem::temp_directory_path() / ("worker_session_trace." + std::to_string(getpid()) + ".jsonl")).string();
+  auto opened = worker::StepTrace::open(trace_path);
+  REQUIRE(opened.is_ok());
+  std::unique_ptr<worker::StepTrace> trace = std::move(*opened);
+  worker::WorkerSessionOptions options{"127.0.0.1:" + std::to_string(port), "g0", "test-worker", "tiny",
+                                       std::chrono::milliseconds(20), std::chrono::milliseconds(200)};
+  options.step_trace = trace.get();
+  worker::WorkerSession session(*engine, options);
   auto done = std::async(std::launch::async, [&] { return session.run(); });
   REQUIRE(done.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
   const Status result = done.get();
@@ -164,7 +177,36 @@ TEST_CASE("the worker serves plans, reports faults, re-dials after a break and e
       stats.decode_seconds + stats.engine.prepare + stats.engine.forward + stats.engine.sample + stats.encode_seconds;
   REQUIRE(parts <= stats.step_seconds * (1 + 1e-9) + 1e-9);
   REQUIRE(parts >= 0.5 * stats.step_seconds);
+
+  // The trace has a line per plan, refused ones included, in order.
+  trace.reset();
+  std::ifstream trace_file(trace_path);
+  const std::string lines((std::istreambuf_iterator<char>(trace_file)), std::istreambuf_iterator<char>());
+  const auto first = lines.substr(0, lines.find('\n'));
+  CHECK(first.find("{\"step\":1,") == 0);
+  CHECK(first.find("\"ok\":true,\"slices\":1,\"decode_rows\":0,\"tokens\":5,\"context\":5,\"attended\":15,"
+                   "\"sampled\":1}") != std::string::npos);
+  CHECK(std::count(lines.begin(), lines.end(), '\n') == 3);
+  CHECK(lines.find("{\"step\":2,") != std::string::npos);
+  CHECK(lines.find("{\"step\":3,") != std::string::npos);
+  std::remove(trace_path.c_str());
   local.server->Shutdown();
+}
+
+TEST_CASE("a step trace line holds the step's shape", "[worker][service]") {
+  engine::StepInput in;
+  in.scheduled.push_back({1, 300, 1, {}, true});    // a decode at position 300
+  in.scheduled.push_back({2, 0, 128, {}, false});   // a first prefill chunk
+  in.scheduled.push_back({3, 128, 64, {}, true});   // a last chunk that samples
+  const std::string l = worker::StepTrace::line(7, in, 1.5, 0.02, true);
+  CHECK(l == "{\"step\":7,\"t\":1.500000,\"seconds\":0.020000,\"ok\":true,\"slices\":3,\"decode_rows\":1,"
+             "\"tokens\":193,\"context\":621,\"attended\":18829,\"sampled\":2}");
+}
+
+TEST_CASE("a step trace that cannot be opened is a clear error", "[worker][service]") {
+  auto t = worker::StepTrace::open("/nonexistent-dir/trace.jsonl");
+  REQUIRE(!t.is_ok());
+  CHECK(t.status().message().find("worker.step_trace_path: cannot open /nonexistent-dir/trace.jsonl") == 0);
 }
 
 TEST_CASE("stop() ends a worker that cannot reach its router", "[worker][service]") {
