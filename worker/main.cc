@@ -157,6 +157,16 @@ int serve(const tessera::Config& config) {
   const auto t0 = std::chrono::steady_clock::now();
   auto engine = engine::Engine::load({*path, format, config.model.dummy_seed}, eo);
   if (!engine) return cli::fail(kProgram, engine.status());
+  if (config.worker.cuda_graph_max_context > 0) {
+    const auto tg = std::chrono::steady_clock::now();
+    auto graphs = (*engine)->capture_graphs(config.worker.cuda_graph_max_context);
+    if (!graphs) return cli::fail(kProgram, graphs.status());
+    if (*graphs > 0) {
+      std::fprintf(stderr, "%s: captured %lld decode graphs (contexts up to %u tokens) in %.2f s\n", kProgram,
+                   static_cast<long long>(*graphs), config.worker.cuda_graph_max_context,
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - tg).count());
+    }
+  }
   loaded = true;
   up.get().set(1);
   std::fprintf(stderr, "%s: loaded in %.2f s on %s (%lld KV pages of %lld tokens); attaching to %s as group %s\n",

@@ -259,6 +259,9 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "Tokens per KV page (1-1024); 1 is token-level, 16 a good GPU default."),
       field("worker.gpu_memory_utilization", &C::worker, &WorkerSettings::gpu_memory_utilization,
             "Share of GPU memory for weights, activations and the KV pool, in (0, 1]."),
+      field("worker.cuda_graph_max_context", &C::worker, &WorkerSettings::cuda_graph_max_context,
+            "CUDA: capture the decode-step graphs of every batch size for contexts up to this many tokens at "
+            "start-up, so serving never pauses to capture one; 0 captures each on first use."),
       field("worker.kv_cache_bytes", &C::worker, &WorkerSettings::kv_cache_bytes,
             "KV pool size in bytes; 0 sizes it automatically (CPU: 8192 tokens; CUDA: what "
             "gpu_memory_utilization leaves after weights and activations)."),

@@ -8,7 +8,7 @@
 //   tessera-bench-cuda-engine --model PATH [--load-format auto|gguf|dummy] [--batches 1,8,32]
 //       [--contexts 128,1024] [--steps 32] [--prefill 512,2048] [--no-graphs]
 //       [--temperature T --top-p P] [--mixed-chunk P]
-//       [--gpu-memory-utilization 0.9] [--profile-prefill]
+//       [--gpu-memory-utilization 0.9] [--profile-prefill] [--profile-decode]
 //
 // PATH: a GGUF file, a Hugging Face directory, or (with --load-format dummy) a config.json
 // or its directory filled with seeded random bf16 weights. Decode contexts are made with
@@ -19,6 +19,7 @@
 // P-token prefill chunk in every step (a served step under load: no CUDA graph there).
 // --profile-prefill: the second run of each prefill size between cudaProfilerStart/Stop,
 // for `ncu --profile-from-start off` (per-kernel times of one prefill step).
+// --profile-decode: likewise the first timed decode step of each batch and context.
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
@@ -125,6 +126,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> contexts{1024};
   int64_t steps = 32;
   bool profile_prefill = false;  // the second run of each prefill between cudaProfilerStart/Stop
+  bool profile_decode = false;   // the first timed decode step of each point, likewise
   int64_t mixed_chunk = 0;  // > 0: also decode steps that carry a prefill chunk of this many tokens
   float temperature = 0.0f, top_p = 1.0f;
   EngineOptions o;
@@ -147,6 +149,7 @@ int main(int argc, char** argv) {
     else if (a == "--mixed-chunk") mixed_chunk = std::atoll(value());
     else if (a == "--no-graphs") o.cuda_graphs = false;
     else if (a == "--profile-prefill") profile_prefill = true;
+    else if (a == "--profile-decode") profile_decode = true;
     else if (a == "--temperature") temperature = static_cast<float>(std::atof(value()));
     else if (a == "--top-p") top_p = static_cast<float>(std::atof(value()));
     else if (a == "--gpu-memory-utilization") o.gpu_memory_utilization = std::atof(value());
@@ -216,9 +219,12 @@ int main(int argc, char** argv) {
     for (int64_t k = 0; k < warm + steps; ++k) {
       StepInput in;
       for (uint64_t id : ids) in.scheduled.push_back({id, static_cast<uint32_t>(context + k), 1, {}, true});
+      const bool profiled = profile_decode && k == warm;
+      if (profiled) cudaProfilerStart();
       const auto ts = std::chrono::steady_clock::now();
       auto out = e.step(in);
       if (!out) die("decode step: " + out.status().to_string());
+      if (profiled) cudaProfilerStop();
       if (k >= warm) total += seconds_since(ts);
     }
     // Then the same decodes with a fresh sequence's prefill chunk riding along each step

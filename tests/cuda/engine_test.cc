@@ -6,7 +6,7 @@
 // than bf16 transformers', against the float32 reference and against the CPU engine; its
 // greedy continuations equal to the reference's up to a near-tie no wider than those
 // bf16 transformers diverges at. Also: CUDA graph steps give the same tokens as eager
-// ones, seeded sampling is reproducible, and a missing device is refused.
+// ones, captured on first use or at start-up; seeded sampling is reproducible, and a missing device is refused.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -145,6 +145,30 @@ TEST_CASE("CUDA graph steps produce the same tokens as eager steps", "[cuda][eng
       CHECK((*ra)[i].tokens == (*rb)[i].tokens);
     }
   }
+}
+
+TEST_CASE("CUDA graphs captured at start-up serve steps as eager steps do", "[cuda][engine][graphs]") {
+  const auto prompts = testing::load_reference_prompts();
+  auto eager = testing::load_test_model(cuda_options(false));
+  auto graphs = testing::load_test_model(cuda_options(true));
+  CHECK(eager->capture_graphs(1024).value() == 0);  // graphs off: nothing to capture
+  // Batch buckets 1, 2, 4, 8, 16, 24, 32 (max_sequences) × contexts 256, 512, 1024.
+  REQUIRE(graphs->capture_graphs(1024).value() == 21);
+  CHECK(graphs->capture_graphs(1024).value() == 0);  // kept
+  CHECK(graphs->capture_graphs(2048).value() == 7);  // one more context bucket
+  const std::vector<testing::ReferencePrompt> some(prompts.begin(), prompts.begin() + 20);
+  const auto reqs = testing::greedy_requests(some, 24);
+  OfflineRunner a(*eager, {}), b(*graphs, {});
+  auto ra = a.run(reqs);
+  auto rb = b.run(reqs);
+  REQUIRE(ra.is_ok());
+  REQUIRE(rb.is_ok());
+  for (size_t i = 0; i < some.size(); ++i) {
+    INFO("prompt " << i);
+    REQUIRE((*rb)[i].error.is_ok());
+    CHECK((*ra)[i].tokens == (*rb)[i].tokens);
+  }
+  CHECK(graphs->capture_graphs(2048).value() == 0);  // the steps found every graph they needed
 }
 
 TEST_CASE("CUDA engine sampling is seeded and reproducible", "[cuda][engine]") {

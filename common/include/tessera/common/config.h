@@ -105,6 +105,9 @@ struct WorkerSettings {
   uint32_t page_size_tokens = 16;
   // Share of GPU memory for weights + activations + KV pool.
   double gpu_memory_utilization = 0.9;
+  // CUDA: decode graphs for contexts up to this many tokens are captured at start-up (0:
+  // each on first use).
+  uint32_t cuda_graph_max_context = 2048;
   // CPU KV pool size; 0: sized from max_num_batched_tokens and the model's context.
   uint64_t kv_cache_bytes = 0;
   // How often an attached worker proves it is alive when it has nothing else to send.
