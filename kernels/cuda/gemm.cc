@@ -32,12 +32,12 @@ struct Plan {
 }  // namespace
 
 constexpr int kCandidates = 8;
-constexpr int64_t kTunedRows = 256;
 
 struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  int64_t tuned_rows = 256;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>, std::unique_ptr<Plan>> plans;
 
   // Index of the candidate that ran fastest (5 runs each).
@@ -50,7 +50,7 @@ struct Gemm::Impl {
     if (handle) cublasLtDestroy(handle);
   }
 
-  // The plan of a shape; the first call for a skinny shape (m <= kTunedRows) times the
+  // The plan of a shape; the first call for a skinny shape (m <= tuned_rows) times the
   // heuristic's candidates on `stream` (reading the caller's A and W, writing a scratch C)
   // and keeps the fastest, which synchronizes that stream once. Accumulating into C (beta
   // 1) is tuned apart: the fastest candidate is not always the same.
@@ -75,7 +75,7 @@ struct Gemm::Impl {
                                          sizeof workspace_bytes);
     cublasLtMatmulHeuristicResult_t results[kCandidates]{};
     int found = 0;
-    const int wanted = m <= kTunedRows ? kCandidates : 1;
+    const int wanted = m <= tuned_rows ? kCandidates : 1;
     s = cublasLtMatmulAlgoGetHeuristic(handle, p->op, p->w_layout, p->a_layout, p->c_layout, p->c_layout, pref, wanted,
                                        results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
@@ -136,7 +136,7 @@ Result<int> Gemm::Impl::fastest(const Plan& p, const cublasLtMatmulHeuristicResu
 Gemm::Gemm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Gemm::~Gemm() = default;
 
-Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes) {
+Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes, int64_t tuned_rows) {
   auto impl = std::make_unique<Impl>();
   if (cublasStatus_t s = cublasLtCreate(&impl->handle); s != CUBLAS_STATUS_SUCCESS) return cublas_error("create", s);
   if (workspace_bytes > 0) {
@@ -145,6 +145,7 @@ Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes) {
     }
   }
   impl->workspace_bytes = workspace_bytes;
+  impl->tuned_rows = tuned_rows;
   return std::unique_ptr<Gemm>(new Gemm(std::move(impl)));
 }
 

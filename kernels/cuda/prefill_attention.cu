@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/prefill_attention_params.h"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -31,12 +32,6 @@ struct Layout {
   static constexpr int kBytes = kV + 2 * kTile * 2;
 };
 
-// 16 bytes from global to shared memory without passing through registers; zeros when
-// `copy` is false (the source is not read then).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool copy) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(copy ? 16 : 0));
-}
 // Four 8×8 bf16 matrices from shared memory, lane l giving the address of row l % 8 of
 // matrix l / 8; lane t receives row t / 4, columns 2(t % 4) and 2(t % 4) + 1 of each (with
 // .trans: column t / 4, rows 2(t % 4) and 2(t % 4) + 1).
@@ -51,11 +46,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
 // 2^x in one MUFU instruction (flushing denormals): exp2f() adds range handling around it,

@@ -19,7 +19,8 @@
 // P-token prefill chunk in every step (a served step under load: no CUDA graph there).
 // --profile-prefill: the second run of each prefill size between cudaProfilerStart/Stop,
 // for `ncu --profile-from-start off` (per-kernel times of one prefill step).
-// --profile-decode: likewise the first timed decode step of each batch and context.
+// --profile-decode: likewise the first timed decode step of each batch and context (and
+// of its mixed steps).
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
@@ -244,9 +245,12 @@ int main(int argc, char** argv) {
         for (int64_t q = 0; q < chunk_pages; ++q) page_ids.push_back(static_cast<int32_t>(b * pages_per_seq + q));
         in.scheduled.push_back({ns.seq_id, 0, static_cast<uint32_t>(mixed_chunk), page_ids, true});
         in.new_sequences.push_back(std::move(ns));
+        const bool profiled = profile_decode && k == warm;
+        if (profiled) cudaProfilerStart();
         const auto ts = std::chrono::steady_clock::now();
         auto out = e.step(in);
         if (!out) die("mixed step: " + out.status().to_string());
+        if (profiled) cudaProfilerStop();
         if (k >= warm) mixed_total += seconds_since(ts);
       }
       ids.push_back(previous);

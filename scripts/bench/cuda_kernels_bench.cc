@@ -93,8 +93,14 @@ int main() {
   };
 
   // Decode attention: Llama-3-8B heads, context 1024, pages of 16, each sequence its own pages.
-  const int64_t Hq = 32, Hkv = 8, D = 128, P = 16, ctx = 1024;
-  for (int64_t batch : {1, 8, 32, 128, 256}) {
+  // The last two rows move the bytes of batches 128 and 256 with one KV head per sequence
+  // (8 times the sequences): each page's K (and V) rows then lie in one contiguous run
+  // instead of 8 heads' rows interleaved token by token, which shows what the cache layout
+  // costs.
+  const int64_t D = 128, P = 16, ctx = 1024;
+  const std::pair<int64_t, int64_t> attention_cases[] = {{1, 8}, {8, 8}, {32, 8}, {128, 8}, {256, 8}, {1024, 1}, {2048, 1}};
+  for (const auto& [batch, Hkv] : attention_cases) {
+    const int64_t Hq = 4 * Hkv;
     const int64_t pages_per_seq = ctx / P;
     const int64_t num_pages = batch * pages_per_seq;
     std::vector<int32_t> tables(num_pages);
@@ -130,8 +136,8 @@ int main() {
     p.workspace = workspace;
     const double ms = time_ms([&] { check(decode_attention(p, nullptr)); });
     const double bytes = 2.0 * batch * ctx * Hkv * D * 2 + 2.0 * batch * Hq * D * 2;
-    row("decode_attention", "batch " + std::to_string(batch) + ", ctx 1024, 32/8 heads, d 128, " +
-                                std::to_string(plan.max_splits) + " pieces",
+    row("decode_attention", "batch " + std::to_string(batch) + ", ctx 1024, " + std::to_string(Hq) + "/" +
+                                std::to_string(Hkv) + " heads, d 128, " + std::to_string(plan.max_splits) + " pieces",
         ms, bytes);
     cudaFree(workspace);
     cudaFree(d_tables);
@@ -210,6 +216,30 @@ int main() {
       std::printf("| %lld x %lld x %lld | %s | %.1f | %.1f | %.0f%% | %.0f | %.0f%% |\n", static_cast<long long>(m),
                   static_cast<long long>(pr.n), static_cast<long long>(pr.k), pr.name, ms * 1e3, tflops,
                   100.0 * tflops / peak_tflops, weight_gbs, 100.0 * weight_gbs / copy_gbs);
+    }
+  }
+
+  // Between decode and prefill (the rows of a served step that mixes them): cuBLASLt's
+  // heuristic choice against the fastest of its candidates, and the roofline of each shape
+  // (the larger of weight bytes at the copy rate and FLOPs at the square GEMM's rate).
+  auto tuned = Gemm::create(size_t{32} << 20, int64_t{1} << 40);
+  auto untuned = Gemm::create(size_t{32} << 20, 0);
+  check(tuned.status());
+  check(untuned.status());
+  std::printf("\n| m | GEMM | heuristic (us) | tuned (us) | roofline (us) | heuristic share | tuned share |\n|---|---|---|---|---|---|---|\n");
+  for (int64_t m : {160, 256, 384, 512, 768, 1024, 1536, 2048}) {
+    for (const Proj& pr : projs) {
+      Bf16* act = random_alloc(m * pr.k);
+      Bf16* w = random_alloc(pr.n * pr.k);
+      Bf16* c = device_alloc<Bf16>(m * pr.n);
+      const double h = time_ms([&] { check((*untuned)->run({act, w, c, m, pr.n, pr.k}, nullptr)); });
+      const double t = time_ms([&] { check((*tuned)->run({act, w, c, m, pr.n, pr.k}, nullptr)); });
+      const double roof = std::max(2.0 * pr.n * pr.k / (copy_gbs * 1e9), 2.0 * m * pr.n * pr.k / (peak_tflops * 1e12)) * 1e3;
+      std::printf("| %lld | %s | %.1f | %.1f | %.1f | %.0f%% | %.0f%% |\n", static_cast<long long>(m), pr.name, h * 1e3,
+                  t * 1e3, roof * 1e3, 100 * roof / h, 100 * roof / t);
+      cudaFree(act);
+      cudaFree(w);
+      cudaFree(c);
     }
   }
   return 0;

@@ -159,7 +159,9 @@ TEST_CASE("decode attention matches a float64 reference over paged caches", "[cu
 TEST_CASE("decode attention over many whole sequences (the 4-head instance's batches)", "[cuda][attention]") {
   // 143 sequences over 8 KV heads are 1,144 blocks: on an H100 (132 SMs) two waves of the
   // instance with accumulators for 4 query heads, three of the 8-head one, so the launch
-  // takes the former; 40 sequences over 3 KV heads of 3 (SmolLM2's) stay on the latter.
+  // takes the former; 40 sequences over 3 KV heads of 3 (SmolLM2's) are 120 blocks, one
+  // wave of the tiled kernel, which runs them (as it runs the few sequences of the test
+  // above, split or not, except the long contexts split in pieces of 64).
   std::mt19937 rng(13);
   std::uniform_int_distribution<int32_t> len(1, 300);
   std::vector<int32_t> many(143), few(40);
