@@ -1,13 +1,13 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/bf16.cuh"
-#include "kernels/cuda/cp_async.cuh"
-#include "kernels/cuda/pdl.cuh"
-
 #include <cfloat>
+#include <cmath>
 
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/decode_attention_params.h"
+#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace tessera::kernels::cuda {
 
@@ -15,266 +15,51 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxGroup = 8;
-constexpr int kChunk = 256;  // tokens whose logits sit in shared memory at once
 
-using bf16::unpack2;
-
-// Block (kv head, sequence, piece): tokens [begin, end) of the sequence. Shared state per
-// query head of the group: the running maximum m, the running sum l, and the chunk's
-// logits turned into weights. Each thread keeps eight output dimensions of every head.
-// At most 128 registers, so that four blocks fit on a multiprocessor: with three (150
-// registers, once the row list came in) batch-128 decode at context 1024 ran 20 ms a step
-// on the H100, 16.2 with the cap.
+// Block (kv head, sequence, piece): tokens [begin, end) of the sequence, for the query
+// heads of the group, on the tensor cores (mma.sync m16n8k16). The group's query heads are
+// the rows of the A operand (rows g < group of 16; the others zeros), keys the columns of
+// S. Each warp walks its own 16-key tiles of the block's range (tiles w, w + 4, ...),
+// streaming them through its own ring of kStages shared-memory buffers with cp.async, with
+// its own online softmax, so the main loop has no block barrier; the four warps' states
+// are merged once at the end. K/V rows are padded by 8 elements so ldmatrix reads hit
+// distinct banks. The softmax weights enter P·V as bf16 (as in flash attention).
 // kPieces: the sequence is split into pieces (p.split_tokens, p.max_splits), each block
 // writing its piece's softmax state to the workspace for merge_pieces_kernel; otherwise
 // each block writes its heads' output. (Merging in the last block of each sequence
 // instead, counted with atomics, was 0.15-0.2 ms a step slower at batch 1 on the H100:
 // its merge is one block's serial chain where the merge kernel spreads it over heads.)
-template <int kHeadDim, bool kPieces, int kGroup>
-__global__ void __launch_bounds__(kThreads, kGroup <= 4 ? 5 : 4) decode_attention_kernel(DecodeAttentionParams p) {
-  pdl_wait();
-  constexpr int kLanesPerToken = kHeadDim / 32;            // 32 dimensions (64 bytes) per lane
-  constexpr int kTokensPerWarp = 32 / kLanesPerToken;      // logits of this many tokens per warp step
-  constexpr int kDimsPerThread = 8;                        // V: one 16-byte load per row and thread
-  constexpr int kThreadsPerRow = kHeadDim / kDimsPerThread;
-  constexpr int kRowStreams = kThreads / kThreadsPerRow;   // V rows summed side by side
-  const int kv = blockIdx.x;
-  const int64_t s = blockIdx.y;
-  const int64_t row = p.rows ? p.rows[s] : s;
-  const int64_t len = p.seq_lens[row];
-  const int64_t lo = p.sliding_window > 0 && len > p.sliding_window ? len - p.sliding_window : 0;
-  const int64_t split = kPieces ? p.split_tokens : len - lo;
-  const int64_t begin = lo + static_cast<int64_t>(blockIdx.z) * split;
-  if (begin >= len) return;
-  const int64_t end = len < begin + split ? len : begin + split;
-  const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
-  const int32_t* pages = p.block_tables + (p.table_rows ? p.table_rows[row] : row) * p.max_pages_per_seq;
-
-  // q rows padded by four floats per 32: the lanes of a token read 16-byte pieces 36 floats
-  // apart, in different banks.
-  __shared__ __align__(16) float q_s[kGroup][kHeadDim + kHeadDim / 8];
-  __shared__ float w_s[kGroup][kChunk];  // logits, then weights
-  __shared__ float m_s[kGroup], l_s[kGroup], rescale_s[kGroup];
-  __shared__ int64_t slot_s[kChunk];
-  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
-    const int h = i / kHeadDim;
-    const int64_t q_stride = p.q_stride > 0 ? p.q_stride : p.num_q_heads * kHeadDim;
-    const Bf16 bits = p.q[row * q_stride + (kv * group + h) * kHeadDim + i % kHeadDim];
-    const int d = i % kHeadDim;
-    q_s[h][d + (d / 32) * 4] = __bfloat162float(__ushort_as_bfloat16(bits)) * p.scale;
-  }
-  if (threadIdx.x < kGroup) {
-    m_s[threadIdx.x] = -FLT_MAX;
-    l_s[threadIdx.x] = 0.0f;
-  }
-  float acc[kGroup][kDimsPerThread];
-  #pragma unroll
-  for (int h = 0; h < kGroup; ++h) {
-    #pragma unroll
-    for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] = 0.0f;
-  }
-  const int row_stream = threadIdx.x / kThreadsPerRow;
-  const int part = threadIdx.x % kThreadsPerRow;
-
-  for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
-    const int n = static_cast<int>(end - c0 < kChunk ? end - c0 : kChunk);
-    __syncthreads();  // the previous chunk's weights are consumed; q_s and m_s are ready
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-      const int64_t t = c0 + i;
-      const int tt = static_cast<int>(t), ps = static_cast<int>(p.page_size);  // 32-bit division
-      slot_s[i] = static_cast<int64_t>(pages[tt / ps]) * ps + tt % ps;
-    }
-    __syncthreads();
-    // Split into pieces (few blocks, each a short chain of round trips), the chunk's V rows
-    // are requested into L2 now, so that their loads after the logits and the softmax wait
-    // for L2, not for DRAM: batch 1 at context 1024, 5.82 ms a step against 5.85 without.
-    // Not with a block per whole sequence: at batch 128 the prefetches cost more than they
-    // hide (17.9 ms a step against 16.2 without them, on the H100).
-    constexpr int kLinesPerRow = kHeadDim * 2 / 128;
-    for (int i = threadIdx.x; kPieces && i < n * kLinesPerRow; i += kThreads) {
-      const char* line = reinterpret_cast<const char*>(
-          p.v_cache + (slot_s[i / kLinesPerRow] * p.num_kv_heads + kv) * kHeadDim) + (i % kLinesPerRow) * 128;
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
-    }
-    // Logits: kLanesPerToken lanes per token, each with 32 dimensions of its K row.
-    const int sub = lane % kLanesPerToken;
-    for (int i0 = warp * kTokensPerWarp; i0 < n; i0 += kWarps * kTokensPerWarp) {
-      const int i = i0 + lane / kLanesPerToken;
-      float k[32];
-      if (i < n) {
-        const uint4* row = reinterpret_cast<const uint4*>(p.k_cache + (slot_s[i] * p.num_kv_heads + kv) * kHeadDim + sub * 32);
-        #pragma unroll
-        for (int v = 0; v < 4; ++v) {
-          const uint4 w = row[v];
-          const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-          #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float2 f = unpack2(words[e]);
-            k[v * 8 + e * 2] = f.x;
-            k[v * 8 + e * 2 + 1] = f.y;
-          }
-        }
-      } else {
-        #pragma unroll
-        for (int e = 0; e < 32; ++e) k[e] = 0.0f;
-      }
-      #pragma unroll
-      for (int h = 0; h < kGroup; ++h) {
-        if (h >= group) break;
-        float dot = 0.0f;
-        const float4* qv = reinterpret_cast<const float4*>(&q_s[h][sub * 36]);
-        #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float4 qe = qv[e];
-          dot += qe.x * k[4 * e] + qe.y * k[4 * e + 1] + qe.z * k[4 * e + 2] + qe.w * k[4 * e + 3];
-        }
-        #pragma unroll
-        for (int o = kLanesPerToken / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (sub == 0 && i < n) w_s[h][i] = dot;
-      }
-    }
-    __syncthreads();
-    // Softmax against the running maximum: one warp per query head.
-    for (int h = warp; h < group; h += kWarps) {
-      float big = -FLT_MAX;
-      for (int i = lane; i < n; i += 32) big = fmaxf(big, w_s[h][i]);
-      for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
-      const float m_old = m_s[h];
-      const float m_new = fmaxf(m_old, big);
-      float sum = 0.0f;
-      for (int i = lane; i < n; i += 32) {
-        const float w = __expf(w_s[h][i] - m_new);
-        w_s[h][i] = w;
-        sum += w;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        const float r = __expf(m_old - m_new);
-        rescale_s[h] = r;
-        l_s[h] = l_s[h] * r + sum;
-        m_s[h] = m_new;
-      }
-    }
-    __syncthreads();
-    // Weighted V rows: kRowStreams rows at a time, two dimensions per thread.
-    #pragma unroll
-    for (int h = 0; h < kGroup; ++h) {
-      if (h >= group) break;
-      const float r = rescale_s[h];
-      #pragma unroll
-      for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] *= r;
-    }
-    #pragma unroll 4
-    for (int i = row_stream; i < n; i += kRowStreams) {
-      const uint4 bits = *reinterpret_cast<const uint4*>(p.v_cache + (slot_s[i] * p.num_kv_heads + kv) * kHeadDim +
-                                                         part * kDimsPerThread);
-      const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
-      float v[kDimsPerThread];
-      #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = unpack2(words[e]);
-        v[2 * e] = f.x;
-        v[2 * e + 1] = f.y;
-      }
-      #pragma unroll
-      for (int h = 0; h < kGroup; ++h) {
-        if (h >= group) break;
-        const float w = w_s[h][i];
-        #pragma unroll
-        for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] += w * v[e];
-      }
-    }
-  }
-
-  // Sum the row streams: first the ones sharing a warp (lanes kThreadsPerRow apart hold the
-  // same dimensions), then one partial per warp through shared memory (q_s is free now),
-  // with a single barrier instead of one per row stream.
-  #pragma unroll
-  for (int h = 0; h < kGroup; ++h) {
-    if (h >= group) break;
-    #pragma unroll
-    for (int e = 0; e < kDimsPerThread; ++e) {
-      #pragma unroll
-      for (int o = kThreadsPerRow; o < 32; o <<= 1) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
-    }
-  }
-  __shared__ __align__(16) float warp_sums[kWarps][kGroup][kHeadDim];
-  if (lane < kThreadsPerRow) {
-    #pragma unroll
-    for (int h = 0; h < kGroup; ++h) {
-      if (h >= group) break;
-      #pragma unroll
-      for (int e = 0; e < kDimsPerThread; ++e) warp_sums[warp][h][part * kDimsPerThread + e] = acc[h][e];
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
-    const int h = i / kHeadDim, d = i % kHeadDim;
-    float sum = 0.0f;
-    #pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += warp_sums[w][h][d];
-    q_s[h][d] = sum;
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
-    const int h = i / kHeadDim;
-    const int d = i % kHeadDim;
-    const int64_t qh = s * p.num_q_heads + kv * group + h;
-    if constexpr (!kPieces) {
-      const int64_t out_head = row * p.num_q_heads + kv * group + h;
-      p.out[out_head * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(q_s[h][d] / l_s[h]));
-    } else {
-      float* piece = p.workspace + (qh * p.max_splits + blockIdx.z) * (kHeadDim + 2);
-      piece[d] = q_s[h][d];
-      if (d == 0) {
-        piece[kHeadDim] = m_s[h];
-        piece[kHeadDim + 1] = l_s[h];
-      }
-    }
-  }
-}
-
-// The same work as decode_attention_kernel (block = (kv head, sequence, piece), the same
-// outputs), with K and V streamed through shared memory: tiles of kTile tokens copied
-// asynchronously kStages - 1 tiles ahead of the one being used, so that the memory system
-// always has the next tiles in flight while the block computes logits, the softmax and
-// the weighted V rows of the current one.
-// - A tile is 32 tokens (head_dim 128) or 64 (head_dim 64): 8 KB of K and 8 KB of V.
-// - Logits: kLanesPerToken lanes per token, each taking every kLanesPerToken-th 16-byte
-//   piece of the K row; the K tile is stored with those pieces swizzled (XOR by the token's
-//   place in its quarter-warp) so that a warp's 16-byte reads hit distinct banks.
-// - The softmax of a tile: one warp per query head, a lane per token (two for 64-token tiles).
-// - V: 16-byte pieces, eight output dimensions per thread, as in decode_attention_kernel.
-namespace tiles {
-constexpr int kStages = 4;
+// History, on the H100 (docs/BENCHMARKS.md): a kernel with one multiply-add instruction
+// per K and V element and head, in registers (4-5 blocks a multiprocessor), reached 61-63%
+// of the copy rate at batch 128-256 and context 1024; Nsight Compute found its warps
+// waiting on their global loads, and a version streaming tiles through shared memory with
+// cp.async waiting on shared memory and issue instead (59-65%). This one: 91-93%.
+namespace mma_decode {
+constexpr int kKeys = 16;
+constexpr int kStages = 3;
 template <int kHeadDim>
 struct Shape {
-  static constexpr int kLanesPerToken = kHeadDim / 32;
-  static constexpr int kTokensPerWarp = 32 / kLanesPerToken;
-  static constexpr int kTile = kWarps * kTokensPerWarp;  // 32 or 64 tokens
-  static constexpr int kPieces = kHeadDim / 8;           // 16-byte pieces per row
-  static constexpr int kPiecesPerLane = kPieces / kLanesPerToken;  // 4
-  static constexpr int kTileElems = kTile * kHeadDim;
-  static constexpr int kBytes = 2 * kStages * kTileElems * 2;  // K and V stages
+  static constexpr int kLd = kHeadDim + 8;
+  static constexpr int kTileElems = kKeys * kLd;                  // one K or V tile
+  static constexpr int kWarpElems = kStages * 2 * kTileElems;     // a warp's ring
+  static constexpr int kBytes = kWarps * kWarpElems * 2;
+  static_assert(kBytes >= kWarps * 8 * (kHeadDim + 2) * 4, "the merge reuses the rings");
 };
-}  // namespace tiles
+}  // namespace mma_decode
 
-template <int kHeadDim, bool kPieces, int kGroup>
-__global__ void __launch_bounds__(kThreads, 3) decode_attention_tiles_kernel(DecodeAttentionParams p) {
-  using S = tiles::Shape<kHeadDim>;
-  constexpr int kTile = S::kTile;
-  constexpr int kStages = tiles::kStages;
-  constexpr int kDimsPerThread = 8;
-  constexpr int kThreadsPerRow = kHeadDim / kDimsPerThread;
-  constexpr int kRowStreams = kThreads / kThreadsPerRow;
-  constexpr int kTokensPerQuarter = 8 / S::kLanesPerToken;  // tokens of one quarter-warp's reads
+template <int kHeadDim, bool kPieces>
+__global__ void __launch_bounds__(kThreads, 3) decode_attention_kernel(DecodeAttentionParams p) {
+  using S = mma_decode::Shape<kHeadDim>;
+  constexpr int kLd = S::kLd;
+  constexpr int kKeys = mma_decode::kKeys;
+  constexpr int kStages = mma_decode::kStages;
+  constexpr int kWords = kHeadDim / 8;  // 16-byte words per row
   pdl_wait();
   extern __shared__ __align__(16) unsigned char dyn[];
-  Bf16* k_tiles = reinterpret_cast<Bf16*>(dyn);
-  Bf16* v_tiles = k_tiles + kStages * S::kTileElems;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, qd = lane & 3;
+  Bf16* ring = reinterpret_cast<Bf16*>(dyn) + warp * S::kWarpElems;  // [stage][K, V][kKeys][kLd]
 
   const int kv = blockIdx.x;
   const int64_t s = blockIdx.y;
@@ -286,20 +71,21 @@ __global__ void __launch_bounds__(kThreads, 3) decode_attention_tiles_kernel(Dec
   if (begin >= len) return;
   const int64_t end = len < begin + split ? len : begin + split;
   const int group = static_cast<int>(p.num_q_heads / p.num_kv_heads);
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
   const int32_t* pages = p.block_tables + (p.table_rows ? p.table_rows[row] : row) * p.max_pages_per_seq;
   const int page_size = static_cast<int>(p.page_size);
   const int page_shift = __ffs(page_size) - 1;
   const bool page_pow2 = (page_size & (page_size - 1)) == 0;
+  const int64_t num_tiles = (end - begin + kKeys - 1) / kKeys;
+  const int64_t my_tiles = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
 
-  // Starts the copy of the tile at token t0 into stage `stage` (one cp.async group).
-  const auto load = [&](int64_t t0, int stage) {
-    Bf16* kd = k_tiles + stage * S::kTileElems;
-    Bf16* vd = v_tiles + stage * S::kTileElems;
+  // Starts the copy of this warp's i-th tile into `stage` (one cp.async group).
+  const auto load = [&](int64_t i, int stage) {
+    const int64_t t0 = begin + (warp + i * kWarps) * kKeys;
+    Bf16* kd = ring + stage * 2 * S::kTileElems;
+    Bf16* vd = kd + S::kTileElems;
     #pragma unroll
-    for (int c = threadIdx.x; c < kTile * S::kPieces; c += kThreads) {
-      const int tok = c / S::kPieces, piece = c % S::kPieces;
+    for (int e = lane; e < kKeys * kWords; e += 32) {
+      const int tok = e / kWords, c = e % kWords;
       const int64_t t = t0 + tok;
       const bool inside = t < end;
       int64_t at = 0;
@@ -307,193 +93,145 @@ __global__ void __launch_bounds__(kThreads, 3) decode_attention_tiles_kernel(Dec
         const int tt = static_cast<int>(t);
         const int page = page_pow2 ? tt >> page_shift : tt / page_size;
         const int64_t slot = static_cast<int64_t>(pages[page]) * page_size + (tt - page * page_size);
-        at = (slot * p.num_kv_heads + kv) * kHeadDim + piece * 8;
+        at = (slot * p.num_kv_heads + kv) * kHeadDim + c * 8;
       }
-      const int swizzled = piece ^ ((tok % kTokensPerQuarter) * S::kLanesPerToken);
-      cp_async16(kd + tok * kHeadDim + swizzled * 8, p.k_cache + at, inside);
-      cp_async16(vd + tok * kHeadDim + piece * 8, p.v_cache + at, inside);
+      cp_async16(kd + tok * kLd + c * 8, p.k_cache + at, inside);
+      cp_async16(vd + tok * kLd + c * 8, p.v_cache + at, inside);
     }
     cp_async_commit();
   };
-
-  __shared__ __align__(16) float q_s[kGroup][kHeadDim];
-  __shared__ float w_s[kGroup][kTile];  // logits, then weights
-  __shared__ float m_s[kGroup], l_s[kGroup], rescale_s[kGroup];
-  const int64_t num_tiles = (end - begin + kTile - 1) / kTile;
-  // The first tiles start streaming before q is read.
   #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
-    if (st < num_tiles) {
-      load(begin + st * kTile, st);
-    } else {
-      cp_async_commit();  // empty groups keep the count uniform
-    }
-  }
-  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
-    const int h = i / kHeadDim;
-    const int64_t q_stride = p.q_stride > 0 ? p.q_stride : p.num_q_heads * kHeadDim;
-    const Bf16 bits = p.q[row * q_stride + (kv * group + h) * kHeadDim + i % kHeadDim];
-    q_s[h][i % kHeadDim] = __bfloat162float(__ushort_as_bfloat16(bits)) * p.scale;
-  }
-  if (threadIdx.x < kGroup) {
-    m_s[threadIdx.x] = -FLT_MAX;
-    l_s[threadIdx.x] = 0.0f;
-  }
-  float acc[kGroup][kDimsPerThread];
-  #pragma unroll
-  for (int h = 0; h < kGroup; ++h) {
-    #pragma unroll
-    for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] = 0.0f;
-  }
-  const int row_stream = threadIdx.x / kThreadsPerRow;
-  const int part = threadIdx.x % kThreadsPerRow;
-  const int sub = lane % S::kLanesPerToken;
-  const int my_tok = warp * S::kTokensPerWarp + lane / S::kLanesPerToken;
-
-  for (int64_t tile = 0; tile < num_tiles; ++tile) {
-    const int stage = static_cast<int>(tile % kStages);
-    const int64_t t0 = begin + tile * kTile;
-    const int n = static_cast<int>(end - t0 < kTile ? end - t0 : kTile);
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // this tile has landed for every thread; the previous tile is consumed
-    if (tile + kStages - 1 < num_tiles) {
-      load(t0 + (kStages - 1) * kTile, static_cast<int>((tile + kStages - 1) % kStages));
+    if (st < my_tiles) {
+      load(st, st);
     } else {
       cp_async_commit();
     }
-    // Logits of token my_tok: piece sub + j * kLanesPerToken of its row, for each j.
-    {
-      const Bf16* krow = k_tiles + stage * S::kTileElems + my_tok * kHeadDim;
-      const int swz = (my_tok % kTokensPerQuarter) * S::kLanesPerToken;
-      float k[S::kPiecesPerLane][8];
-      #pragma unroll
-      for (int j = 0; j < S::kPiecesPerLane; ++j) {
-        const int piece = sub + j * S::kLanesPerToken;
-        const uint4 w = *reinterpret_cast<const uint4*>(krow + (piece ^ swz) * 8);
-        const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float2 f = unpack2(words[e]);
-          k[j][2 * e] = f.x;
-          k[j][2 * e + 1] = f.y;
-        }
-      }
-      #pragma unroll
-      for (int h = 0; h < kGroup; ++h) {
-        if (h >= group) break;
-        float dot = 0.0f;
-        #pragma unroll
-        for (int j = 0; j < S::kPiecesPerLane; ++j) {
-          const int piece = sub + j * S::kLanesPerToken;
-          const float4 q0 = *reinterpret_cast<const float4*>(&q_s[h][piece * 8]);
-          const float4 q1 = *reinterpret_cast<const float4*>(&q_s[h][piece * 8 + 4]);
-          dot += q0.x * k[j][0] + q0.y * k[j][1] + q0.z * k[j][2] + q0.w * k[j][3] + q1.x * k[j][4] +
-                 q1.y * k[j][5] + q1.z * k[j][6] + q1.w * k[j][7];
-        }
-        #pragma unroll
-        for (int o = S::kLanesPerToken / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (sub == 0) w_s[h][my_tok] = my_tok < n ? dot : -FLT_MAX;
-      }
-    }
-    __syncthreads();
-    // Softmax of the tile against the running maximum: one warp per query head.
-    for (int h = warp; h < group; h += kWarps) {
-      constexpr int kPer = kTile / 32;
-      float x[kPer];
-      float big = -FLT_MAX;
-      #pragma unroll
-      for (int j = 0; j < kPer; ++j) {
-        x[j] = w_s[h][lane + 32 * j];
-        big = fmaxf(big, x[j]);
-      }
-      for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
-      const float m_old = m_s[h];
-      const float m_new = fmaxf(m_old, big);
-      float sum = 0.0f;
-      #pragma unroll
-      for (int j = 0; j < kPer; ++j) {
-        const float w = lane + 32 * j < n ? __expf(x[j] - m_new) : 0.0f;
-        w_s[h][lane + 32 * j] = w;
-        sum += w;
-      }
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        const float r = __expf(m_old - m_new);
-        rescale_s[h] = r;
-        l_s[h] = l_s[h] * r + sum;
-        m_s[h] = m_new;
-      }
-    }
-    __syncthreads();
+  }
+  // Q as A fragments, one per 16 dimensions: row g is query head kv * group + g.
+  uint32_t qa[kHeadDim / 16][4];
+  {
+    const int64_t q_stride = p.q_stride > 0 ? p.q_stride : p.num_q_heads * kHeadDim;
+    const Bf16* q = p.q + row * q_stride + (kv * group + g) * kHeadDim + 2 * qd;
     #pragma unroll
-    for (int h = 0; h < kGroup; ++h) {
-      if (h >= group) break;
-      const float r = rescale_s[h];
-      #pragma unroll
-      for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] *= r;
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      qa[kk][0] = g < group ? *reinterpret_cast<const uint32_t*>(q + kk * 16) : 0u;
+      qa[kk][1] = 0u;
+      qa[kk][2] = g < group ? *reinterpret_cast<const uint32_t*>(q + kk * 16 + 8) : 0u;
+      qa[kk][3] = 0u;
     }
-    const Bf16* vt = v_tiles + stage * S::kTileElems + part * kDimsPerThread;
-    #pragma unroll 4
-    for (int i = row_stream; i < n; i += kRowStreams) {
-      const uint4 bits = *reinterpret_cast<const uint4*>(vt + i * kHeadDim);
-      const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
-      float v[kDimsPerThread];
+  }
+  float o[kHeadDim / 2];
+  #pragma unroll
+  for (int i = 0; i < kHeadDim / 2; ++i) o[i] = 0.0f;
+  float m = -INFINITY, l = 0.0f;  // row g's running max (raw logits) and sum of weights
+  const float scale_log2 = p.scale * 1.4426950408889634f;
+  for (int64_t i = 0; i < my_tiles; ++i) {
+    const int stage = static_cast<int>(i % kStages);
+    cp_async_wait<kStages - 2>();
+    __syncwarp();  // every lane's copies of this tile landed; the previous buffer is read
+    if (i + kStages - 1 < my_tiles) {
+      load(i + kStages - 1, static_cast<int>((i + kStages - 1) % kStages));
+    } else {
+      cp_async_commit();
+    }
+    const Bf16* k_s = ring + stage * 2 * S::kTileElems;
+    const Bf16* v_s = k_s + S::kTileElems;
+    const int64_t t0 = begin + (warp + i * kWarps) * kKeys;
+    const int n = static_cast<int>(end - t0 < kKeys ? end - t0 : kKeys);
+    // S = Q·Kᵀ: two blocks of 8 keys; one ldmatrix gives two 16-dimension steps.
+    float sc[8];
+    #pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      sc[4 * j] = sc[4 * j + 1] = sc[4 * j + 2] = sc[4 * j + 3] = 0.0f;
+      const Bf16* key = k_s + (j * 8 + (lane & 7)) * kLd + (lane >> 3) * 8;
       #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = unpack2(words[e]);
-        v[2 * e] = f.x;
-        v[2 * e + 1] = f.y;
+      for (int kk = 0; kk < kHeadDim / 16; kk += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, key + kk * 16);
+        mma_16816(sc, 4 * j, qa[kk], b[0], b[1]);
+        mma_16816(sc, 4 * j, qa[kk + 1], b[2], b[3]);
       }
+    }
+    // Row g holds keys 2qd, 2qd + 1 (sc[0], sc[1]) and 8 + 2qd, 9 + 2qd (sc[4], sc[5]).
+    float x[4] = {sc[0], sc[1], sc[4], sc[5]};
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = (e >> 1) * 8 + 2 * qd + (e & 1);
+      if (key >= n) x[e] = -INFINITY;
+    }
+    float tmax = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+    const float m_new = fmaxf(m, tmax);  // finite: the tile has a key
+    const float alpha = fast_exp2((m - m_new) * scale_log2);  // 0 while m = -inf
+    const float m_scaled = m_new * scale_log2;
+    float w[4];
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) w[e] = fast_exp2(fmaf(x[e], scale_log2, -m_scaled));
+    float sum = (w[0] + w[1]) + (w[2] + w[3]);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    l = l * alpha + sum;
+    m = m_new;
+    const uint32_t pa[4] = {pack_bf16(w[0], w[1]), 0u, pack_bf16(w[2], w[3]), 0u};
+    if (__any_sync(0xffffffffu, alpha != 1.0f)) {
       #pragma unroll
-      for (int h = 0; h < kGroup; ++h) {
-        if (h >= group) break;
-        const float w = w_s[h][i];
-        #pragma unroll
-        for (int e = 0; e < kDimsPerThread; ++e) acc[h][e] += w * v[e];
+      for (int nb = 0; nb < kHeadDim / 8; ++nb) {
+        o[4 * nb] *= alpha;
+        o[4 * nb + 1] *= alpha;
       }
+    }
+    // O += P·V: B fragments from a transposing ldmatrix of V (keys 0-15, 16 dimensions).
+    const Bf16* vrow = v_s + (((lane >> 3) & 1) * 8 + (lane & 7)) * kLd + (lane >> 4) * 8;
+    #pragma unroll
+    for (int nb = 0; nb < kHeadDim / 8; nb += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vrow + nb * 8);
+      mma_16816(o, 4 * nb, pa, b[0], b[1]);
+      mma_16816(o, 4 * (nb + 1), pa, b[2], b[3]);
     }
   }
   cp_async_wait<0>();
-  __syncthreads();  // every copy landed and every read is done: the stages are free
-
-  // Sum the row streams: lanes kThreadsPerRow apart hold the same dimensions; then one
-  // partial per warp in shared memory (over the K/V stages).
-  #pragma unroll
-  for (int h = 0; h < kGroup; ++h) {
-    if (h >= group) break;
+  __syncthreads();  // the rings are free: they hold the warps' states now
+  float* part = reinterpret_cast<float*>(dyn);  // [kWarps][8 rows][kHeadDim]
+  float* ml = part + kWarps * 8 * kHeadDim;     // [kWarps][8 rows][m, l]
+  if (g < group) {
+    float* dst = part + (warp * 8 + g) * kHeadDim + 2 * qd;
     #pragma unroll
-    for (int e = 0; e < kDimsPerThread; ++e) {
-      #pragma unroll
-      for (int o = kThreadsPerRow; o < 32; o <<= 1) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
+    for (int nb = 0; nb < kHeadDim / 8; ++nb) {
+      dst[nb * 8] = o[4 * nb];
+      dst[nb * 8 + 1] = o[4 * nb + 1];
     }
-  }
-  float* warp_sums = reinterpret_cast<float*>(dyn);  // [kWarps][kGroup][kHeadDim]
-  if (lane < kThreadsPerRow) {
-    #pragma unroll
-    for (int h = 0; h < kGroup; ++h) {
-      if (h >= group) break;
-      #pragma unroll
-      for (int e = 0; e < kDimsPerThread; ++e) {
-        warp_sums[(warp * kGroup + h) * kHeadDim + part * kDimsPerThread + e] = acc[h][e];
-      }
+    if (qd == 0) {
+      ml[(warp * 8 + g) * 2] = m;
+      ml[(warp * 8 + g) * 2 + 1] = l;
     }
   }
   __syncthreads();
   for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
     const int h = i / kHeadDim, d = i % kHeadDim;
-    float sum = 0.0f;
+    float big = -INFINITY;
     #pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += warp_sums[(w * kGroup + h) * kHeadDim + d];
-    const int64_t qh = s * p.num_q_heads + kv * group + h;
+    for (int w2 = 0; w2 < kWarps; ++w2) big = fmaxf(big, ml[(w2 * 8 + h) * 2]);
+    float num = 0.0f, den = 0.0f;
+    #pragma unroll
+    for (int w2 = 0; w2 < kWarps; ++w2) {
+      const float mw = ml[(w2 * 8 + h) * 2];
+      if (mw == -INFINITY) continue;  // a warp without tiles
+      const float f = fast_exp2((mw - big) * scale_log2);
+      num += part[(w2 * 8 + h) * kHeadDim + d] * f;
+      den += ml[(w2 * 8 + h) * 2 + 1] * f;
+    }
     if constexpr (!kPieces) {
-      const int64_t out_head = row * p.num_q_heads + kv * group + h;
-      p.out[out_head * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(sum / l_s[h]));
+      p.out[(row * p.num_q_heads + kv * group + h) * kHeadDim + d] = __bfloat16_as_ushort(__float2bfloat16_rn(num / den));
     } else {
+      const int64_t qh = s * p.num_q_heads + kv * group + h;
       float* piece = p.workspace + (qh * p.max_splits + blockIdx.z) * (kHeadDim + 2);
-      piece[d] = sum;
+      piece[d] = num;
       if (d == 0) {
-        piece[kHeadDim] = m_s[h];
-        piece[kHeadDim + 1] = l_s[h];
+        piece[kHeadDim] = big * p.scale;  // the merge's units: scaled logits
+        piece[kHeadDim + 1] = den;
       }
     }
   }
@@ -536,56 +274,15 @@ void launch_for(const DecodeAttentionParams& p, Stream stream) {
   const bool split = p.split_tokens > 0 && p.max_splits > 1;
   const dim3 grid(static_cast<unsigned>(p.num_kv_heads), static_cast<unsigned>(p.num_seqs),
                   static_cast<unsigned>(split ? p.max_splits : 1));
-  const bool four = p.num_q_heads / p.num_kv_heads <= 4;
-  // Whole sequences per block with up to 4 query heads per KV head (Llama-3, SmolLM2): an
-  // instance with half the accumulators and shared memory fits 5 blocks on a
-  // multiprocessor instead of 4. It is taken where that means fewer waves of blocks: on
-  // the H100, 143 sequences at context 1024 (1,144 blocks: 3 waves, or 2) went from 20.1 to
-  // 16.9 ms a step, while 128 (1,024 blocks: 2 waves either way) ran 3% slower with it.
-  auto whole_small = decode_attention_kernel<kHeadDim, false, 4>;
-  auto whole_big = decode_attention_kernel<kHeadDim, false, kMaxGroup>;
-  auto tiled = split ? (four ? decode_attention_tiles_kernel<kHeadDim, true, 4>
-                             : decode_attention_tiles_kernel<kHeadDim, true, kMaxGroup>)
-                     : (four ? decode_attention_tiles_kernel<kHeadDim, false, 4>
-                             : decode_attention_tiles_kernel<kHeadDim, false, kMaxGroup>);
-  constexpr int kTiledBytes = tiles::Shape<kHeadDim>::kBytes;
-  struct Residency {
-    int sms = 1, small = 1, big = 1, tiled = 1;  // multiprocessors; blocks of each kind on one
-  };
-  static const Residency resident = [&] {
-    Residency r;
-    int device = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&r.sms, cudaDevAttrMultiProcessorCount, device);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r.small, whole_small, kThreads, 0);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r.big, whole_big, kThreads, 0);
-    for (auto k : {decode_attention_tiles_kernel<kHeadDim, true, 4>, decode_attention_tiles_kernel<kHeadDim, true, kMaxGroup>,
-                   decode_attention_tiles_kernel<kHeadDim, false, 4>, decode_attention_tiles_kernel<kHeadDim, false, kMaxGroup>}) {
-      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kTiledBytes);
-    }
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r.tiled, decode_attention_tiles_kernel<kHeadDim, false, kMaxGroup>,
-                                                  kThreads, kTiledBytes);
-    cudaGetLastError();  // a failed query leaves the defaults
-    r.sms = r.sms > 0 ? r.sms : 1;
-    return r;
+  constexpr int kBytes = mma_decode::Shape<kHeadDim>::kBytes;
+  static const bool attributes = [] {
+    cudaFuncSetAttribute(decode_attention_kernel<kHeadDim, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    cudaFuncSetAttribute(decode_attention_kernel<kHeadDim, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    return true;
   }();
-  const int64_t blocks = p.num_kv_heads * p.num_seqs * (split ? p.max_splits : 1);
-  const auto waves = [&](int per_sm) {
-    const int64_t slots = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) * resident.sms;
-    return (blocks + slots - 1) / slots;
-  };
-  // The tiled kernel (3 blocks a multiprocessor) where its blocks fit in one wave: small
-  // batches, whose few blocks each stream a long run of tokens. On the H100 at context
-  // 420: batch 1, 5.70 ms a step against 5.78; batch 16, 6.96 against 7.19 (10.5 against
-  // 11.65 at context 2048). With more waves the kernels above, at 4-5 blocks a
-  // multiprocessor, did better: batch 160, 11.5 ms a step against 12.6.
-  if (waves(resident.tiled) <= 1) {
-    if (launch_pdl(tiled, grid, kThreads, kTiledBytes, stream, p) != cudaSuccess) return;
-  } else {
-    const bool small_group = !split && four && waves(resident.small) < waves(resident.big);
-    auto kernel = split ? decode_attention_kernel<kHeadDim, true, kMaxGroup> : (small_group ? whole_small : whole_big);
-    if (launch_pdl(kernel, grid, kThreads, 0, stream, p) != cudaSuccess) return;
-  }
+  (void)attributes;
+  auto kernel = split ? decode_attention_kernel<kHeadDim, true> : decode_attention_kernel<kHeadDim, false>;
+  if (launch_pdl(kernel, grid, kThreads, kBytes, stream, p) != cudaSuccess) return;
   if (split) {
     launch_pdl(merge_pieces_kernel<kHeadDim>, dim3(static_cast<unsigned>(p.num_q_heads), static_cast<unsigned>(p.num_seqs)),
                kHeadDim, 0, stream, p);

@@ -1,10 +1,10 @@
 // Paged decode attention on the GPU: one new token per sequence attends to its cached
 // tokens, the query heads of a GQA group together so each K and V row is read once per
-// group. One block per (sequence, KV head, piece of the context): it computes the logits
-// of 256 tokens at a time (lanes over tokens), their softmax against the running maximum
-// (fp32), and the weighted sum of V rows; with split-KV a second kernel merges the
-// pieces (flash-decoding). head_dim 64 or 128, groups of up to 8 query heads. Plain C++
-// header.
+// group. One block per (sequence, KV head, piece of the context): its warps stream 16-token
+// K/V tiles through shared memory and compute the logits and the weighted V rows on the
+// tensor cores (the group's heads as the rows of the products), with an fp32 online
+// softmax; with split-KV a second kernel merges the pieces (flash-decoding). head_dim 64
+// or 128, groups of up to 8 query heads. Plain C++ header.
 #pragma once
 
 #include "kernels/cuda/decode_attention_params.h"

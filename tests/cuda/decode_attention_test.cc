@@ -87,7 +87,10 @@ void run_and_check(const AttentionInputs& in, int64_t split_tokens, int64_t max_
         const double got = to_float(out[(r * Hq + h) * D + d]);
         INFO("row " << r << " (len " << len << ") head " << h << " dim " << d << " want " << want << " got " << got);
         REQUIRE(std::isfinite(got));
-        REQUIRE(std::abs(got - want) <= 0.008 * std::abs(want) + 2e-3);
+        // The prefill test's bound: both kernels round the softmax weights to bf16 for the
+        // tensor cores' P·V (as flash attention does); the fp32 kernel before them met
+        // 0.008 · |want| + 2e-3.
+        REQUIRE(std::abs(got - want) <= 0.01 * std::abs(want) + 4e-3);
       }
     }
   }
@@ -156,12 +159,9 @@ TEST_CASE("decode attention matches a float64 reference over paged caches", "[cu
   }
 }
 
-TEST_CASE("decode attention over many whole sequences (the 4-head instance's batches)", "[cuda][attention]") {
-  // 143 sequences over 8 KV heads are 1,144 blocks: on an H100 (132 SMs) two waves of the
-  // instance with accumulators for 4 query heads, three of the 8-head one, so the launch
-  // takes the former; 40 sequences over 3 KV heads of 3 (SmolLM2's) are 120 blocks, one
-  // wave of the tiled kernel, which runs them (as it runs the few sequences of the test
-  // above, split or not, except the long contexts split in pieces of 64).
+TEST_CASE("decode attention over many whole sequences", "[cuda][attention]") {
+  // Batches of a served step: 143 sequences over 8 KV heads (1,144 blocks, several waves),
+  // 40 over 3 KV heads of 3 (SmolLM2's), and groups of 2 with head_dim 64.
   std::mt19937 rng(13);
   std::uniform_int_distribution<int32_t> len(1, 300);
   std::vector<int32_t> many(143), few(40);
