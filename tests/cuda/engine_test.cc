@@ -54,6 +54,23 @@ Bf16Reference load_bf16_reference() {
   return r;
 }
 
+// The first `count` prompts, 24 greedy tokens each, give the same tokens on both engines.
+void check_same_tokens(Engine& eager, Engine& graphs, const std::vector<testing::ReferencePrompt>& prompts,
+                       size_t count) {
+  const std::vector<testing::ReferencePrompt> some(prompts.begin(), prompts.begin() + static_cast<long>(count));
+  const auto reqs = testing::greedy_requests(some, 24);
+  OfflineRunner a(eager, {}), b(graphs, {});
+  auto ra = a.run(reqs);
+  auto rb = b.run(reqs);
+  REQUIRE(ra.is_ok());
+  REQUIRE(rb.is_ok());
+  for (size_t i = 0; i < count; ++i) {
+    INFO(count << " sequences, prompt " << i);
+    REQUIRE((*rb)[i].error.is_ok());
+    CHECK((*ra)[i].tokens == (*rb)[i].tokens);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("CUDA engine logits and greedy continuations match the references", "[cuda][engine]") {
@@ -131,20 +148,7 @@ TEST_CASE("CUDA graph steps produce the same tokens as eager steps", "[cuda][eng
   auto eager = testing::load_test_model(cuda_options(false));
   auto graphs = testing::load_test_model(cuda_options(true));
   // Batches of 1, 5 and 20 sequences: padded to graph buckets 1, 8 and 24.
-  for (size_t count : {size_t{1}, size_t{5}, size_t{20}}) {
-    const std::vector<testing::ReferencePrompt> some(prompts.begin(), prompts.begin() + static_cast<long>(count));
-    const auto reqs = testing::greedy_requests(some, 24);
-    OfflineRunner a(*eager, {}), b(*graphs, {});
-    auto ra = a.run(reqs);
-    auto rb = b.run(reqs);
-    REQUIRE(ra.is_ok());
-    REQUIRE(rb.is_ok());
-    for (size_t i = 0; i < count; ++i) {
-      INFO(count << " sequences, prompt " << i);
-      REQUIRE((*rb)[i].error.is_ok());
-      CHECK((*ra)[i].tokens == (*rb)[i].tokens);
-    }
-  }
+  for (size_t count : {size_t{1}, size_t{5}, size_t{20}}) check_same_tokens(*eager, *graphs, prompts, count);
 }
 
 TEST_CASE("CUDA graphs captured at start-up serve steps as eager steps do", "[cuda][engine][graphs]") {
@@ -156,18 +160,7 @@ TEST_CASE("CUDA graphs captured at start-up serve steps as eager steps do", "[cu
   REQUIRE(graphs->capture_graphs(1024).value() == 21);
   CHECK(graphs->capture_graphs(1024).value() == 0);  // kept
   CHECK(graphs->capture_graphs(2048).value() == 7);  // one more context bucket
-  const std::vector<testing::ReferencePrompt> some(prompts.begin(), prompts.begin() + 20);
-  const auto reqs = testing::greedy_requests(some, 24);
-  OfflineRunner a(*eager, {}), b(*graphs, {});
-  auto ra = a.run(reqs);
-  auto rb = b.run(reqs);
-  REQUIRE(ra.is_ok());
-  REQUIRE(rb.is_ok());
-  for (size_t i = 0; i < some.size(); ++i) {
-    INFO("prompt " << i);
-    REQUIRE((*rb)[i].error.is_ok());
-    CHECK((*ra)[i].tokens == (*rb)[i].tokens);
-  }
+  check_same_tokens(*eager, *graphs, prompts, 20);
   CHECK(graphs->capture_graphs(2048).value() == 0);  // the steps found every graph they needed
 }
 
