@@ -231,6 +231,7 @@ int main(int argc, char** argv) {
     // Then the same decodes with a fresh sequence's prefill chunk riding along each step
     // (what a serving step under load looks like), the previous chunk's sequence released.
     double mixed_total = 0;
+    StepPhaseSeconds mixed_phases;  // the timed mixed steps' host phases
     if (mixed_chunk > 0) {
       uint64_t previous = 0;
       for (int64_t k = 0; k < warm + steps; ++k) {
@@ -247,11 +248,18 @@ int main(int argc, char** argv) {
         in.new_sequences.push_back(std::move(ns));
         const bool profiled = profile_decode && k == warm;
         if (profiled) cudaProfilerStart();
+        const StepPhaseSeconds before = e.phase_seconds();
         const auto ts = std::chrono::steady_clock::now();
         auto out = e.step(in);
         if (!out) die("mixed step: " + out.status().to_string());
         if (profiled) cudaProfilerStop();
-        if (k >= warm) mixed_total += seconds_since(ts);
+        if (k >= warm) {
+          mixed_total += seconds_since(ts);
+          const StepPhaseSeconds& after = e.phase_seconds();
+          mixed_phases.prepare += after.prepare - before.prepare;
+          mixed_phases.forward += after.forward - before.forward;
+          mixed_phases.sample += after.sample - before.sample;
+        }
       }
       ids.push_back(previous);
     }
@@ -265,10 +273,12 @@ int main(int argc, char** argv) {
     std::printf("| decode | %lld | %lld | %.3f | %.0f | %.3f | %.0f%% |\n", static_cast<long long>(b),
                 static_cast<long long>(context), ms, static_cast<double>(b) / (ms / 1e3), floor_ms, 100 * floor_ms / ms);
     if (mixed_chunk > 0) {
-      std::printf("| decode + %lld-token prefill chunk | %lld | %lld | %.3f | %.0f | | |\n",
+      const double per = 1e3 / static_cast<double>(steps);
+      std::printf("| decode + %lld-token prefill chunk | %lld | %lld | %.3f | %.0f | host: prepare %.2f, enqueue %.2f, "
+                  "wait + sample %.2f ms | |\n",
                   static_cast<long long>(mixed_chunk), static_cast<long long>(b), static_cast<long long>(context),
-                  mixed_total / static_cast<double>(steps) * 1e3,
-                  static_cast<double>(b) / (mixed_total / static_cast<double>(steps)));
+                  mixed_total * per, static_cast<double>(b) / (mixed_total / static_cast<double>(steps)),
+                  mixed_phases.prepare * per, mixed_phases.forward * per, mixed_phases.sample * per);
     }
     std::fflush(stdout);
   }
