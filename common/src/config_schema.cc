@@ -269,7 +269,7 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "How often the worker tells its router it is alive (during long steps and while idle)."),
       field("worker.step_trace_path", &C::worker, &WorkerSettings::step_trace_path,
             "Write one JSON line per executed step (its rows, KV read, attention and time) to this file, for "
-            "`scripts/bench/serving-model --step-trace`; empty: off."),
+            "`scripts/bench/serving-model --step-trace`; a diagnostic (~150 bytes a step, unbounded); empty: off."),
 
       field("logging.level", &C::logging, &LoggingSettings::level, "Least severe level that is written."),
       field("logging.format", &C::logging, &LoggingSettings::format, "`text` for people, `json` for one JSON object per line."),
