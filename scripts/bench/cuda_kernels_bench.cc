@@ -188,17 +188,17 @@ int main() {
     check(cudaMemcpy(p, noise.data(), static_cast<size_t>(n) * sizeof(Bf16), cudaMemcpyHostToDevice), "copy");
     return p;
   };
-  auto gemm_ms = [&](int64_t m, int64_t n, int64_t k) {
+  auto gemm_ms = [&](Gemm& g, int64_t m, int64_t n, int64_t k) {
     Bf16* act = random_alloc(m * k);
     Bf16* w = random_alloc(n * k);
     Bf16* c = device_alloc<Bf16>(m * n);
-    const double ms = time_ms([&] { check((*gemm)->run({act, w, c, m, n, k}, nullptr)); });
+    const double ms = time_ms([&] { check(g.run({act, w, c, m, n, k}, nullptr)); });
     cudaFree(act);
     cudaFree(w);
     cudaFree(c);
     return ms;
   };
-  const double square_ms = gemm_ms(8192, 8192, 8192);
+  const double square_ms = gemm_ms(**gemm, 8192, 8192, 8192);
   const double peak_tflops = 2.0 * 8192.0 * 8192.0 * 8192.0 / (square_ms * 1e-3) / 1e12;
   std::printf("\nbf16 GEMM reference: 8192 x 8192 x 8192 at %.0f TFLOP/s\n\n", peak_tflops);
   std::printf("| GEMM (m x n x k) | what | time (us) | TFLOP/s | share of the square GEMM | weight GB/s | share of copy rate |\n");
@@ -210,7 +210,7 @@ int main() {
   const Proj projs[] = {{"qkv", 6144, 4096}, {"o", 4096, 4096}, {"gate_up", 28672, 4096}, {"down", 4096, 14336}};
   for (int64_t m : {1, 8, 32, 128, 2048, 8192}) {
     for (const Proj& pr : projs) {
-      const double ms = gemm_ms(m, pr.n, pr.k);
+      const double ms = gemm_ms(**gemm, m, pr.n, pr.k);
       const double tflops = 2.0 * m * pr.n * pr.k / (ms * 1e-3) / 1e12;
       const double weight_gbs = 2.0 * pr.n * pr.k / (ms * 1e-3) / 1e9;
       std::printf("| %lld x %lld x %lld | %s | %.1f | %.1f | %.0f%% | %.0f | %.0f%% |\n", static_cast<long long>(m),
@@ -229,17 +229,11 @@ int main() {
   std::printf("\n| m | GEMM | heuristic (us) | tuned (us) | roofline (us) | heuristic share | tuned share |\n|---|---|---|---|---|---|---|\n");
   for (int64_t m : {160, 256, 384, 512, 768, 1024, 1536, 2048}) {
     for (const Proj& pr : projs) {
-      Bf16* act = random_alloc(m * pr.k);
-      Bf16* w = random_alloc(pr.n * pr.k);
-      Bf16* c = device_alloc<Bf16>(m * pr.n);
-      const double h = time_ms([&] { check((*untuned)->run({act, w, c, m, pr.n, pr.k}, nullptr)); });
-      const double t = time_ms([&] { check((*tuned)->run({act, w, c, m, pr.n, pr.k}, nullptr)); });
+      const double h = gemm_ms(**untuned, m, pr.n, pr.k);
+      const double t = gemm_ms(**tuned, m, pr.n, pr.k);
       const double roof = std::max(2.0 * pr.n * pr.k / (copy_gbs * 1e9), 2.0 * m * pr.n * pr.k / (peak_tflops * 1e12)) * 1e3;
       std::printf("| %lld | %s | %.1f | %.1f | %.1f | %.0f%% | %.0f%% |\n", static_cast<long long>(m), pr.name, h * 1e3,
                   t * 1e3, roof * 1e3, 100 * roof / h, 100 * roof / t);
-      cudaFree(act);
-      cudaFree(w);
-      cudaFree(c);
     }
   }
   return 0;

@@ -69,24 +69,25 @@ class Shape:
         """Q·Kᵀ and P·V over `attended` (query, key) pairs."""
         return 4.0 * attended * self.heads * self.head_dim * self.layers
 
-    def step_bounds(self, tokens: int, context: int, attended: float, bandwidth: float, peak: float):
+    def step_parts(self, tokens: int, context: int, attended: float, bandwidth: float, peak: float):
         """A step computing `tokens` tokens that reads `context` tokens of KV (each sequence's
-        context after the step) over `attended` (query, key) pairs: (bytes / bandwidth,
-        FLOPs / peak) of the whole step, and the same pair for attention alone."""
+        context after the step) over `attended` (query, key) pairs, in seconds at the limits:
+        (the weights at the bandwidth, the matrix products at the peak, the KV at the
+        bandwidth, attention at the peak)."""
         kv = (context + tokens) * self.kv_bytes_per_token  # read the context, write the new KV
-        attention = (kv / bandwidth, self.attended_flops(attended) / peak)
-        return ((self.weight_bytes + kv) / bandwidth, (2.0 * self.params * tokens) / peak + attention[1]), attention
+        return (self.weight_bytes / bandwidth, 2.0 * self.params * tokens / peak, kv / bandwidth,
+                self.attended_flops(attended) / peak)
 
     def step_time(self, tokens: int, context: int, attended: float, bandwidth: float, peak: float) -> float:
         """DESIGN.md's bound: the whole step's bytes at the bandwidth or its FLOPs at the peak."""
-        return max(self.step_bounds(tokens, context, attended, bandwidth, peak)[0])
+        weights, products, kv, attention = self.step_parts(tokens, context, attended, bandwidth, peak)
+        return max(weights + kv, products + attention)
 
     def serial_step_time(self, tokens: int, context: int, attended: float, bandwidth: float, peak: float) -> float:
         """The bound of an engine that overlaps nothing: the weights' products, then attention,
         each at its own limit."""
-        (_, flops_t), attention = self.step_bounds(tokens, context, attended, bandwidth, peak)
-        products = max(self.weight_bytes / bandwidth, flops_t - attention[1])
-        return products + max(attention)
+        weights, products, kv, attention = self.step_parts(tokens, context, attended, bandwidth, peak)
+        return max(weights, products) + max(kv, attention)
 
 
 class Sequence:
@@ -138,9 +139,9 @@ def simulate(requests, shape: Shape, bandwidth: float, peak: float, max_num_seqs
                 decode_rows += 1
             else:
                 prefill_tokens += n
-        (bytes_t, flops_t), _ = shape.step_bounds(tokens, context, attended, bandwidth, peak)
-        step = max(bytes_t, flops_t)
-        bytes_bound_steps += bytes_t >= flops_t
+        weights, products, kv, attention = shape.step_parts(tokens, context, attended, bandwidth, peak)
+        step = max(weights + kv, products + attention)
+        bytes_bound_steps += weights + kv >= products + attention
         now += step
         steps += 1
         for s, n in slices:

@@ -446,12 +446,12 @@ Status Engine::graph_step(const StepLayout& padded, int64_t batch, int64_t conte
 Status Engine::run_graph(const StepLayout& layout) {
   const int64_t n = layout.num_tokens();
   const int64_t batch = std::min<int64_t>(graph_batch(n), options_.max_sequences);
-  int64_t longest = 1;
-  for (const StepSequence& s : layout.sequences) longest = std::max(longest, s.start_position + 1);
   if (batch < n) {
     TESSERA_RETURN_IF_ERROR(backend_->begin_step(layout));
     return model_->forward(layout);
   }
+  int64_t longest = 1;
+  for (const StepSequence& s : layout.sequences) longest = std::max(longest, s.start_position + 1);
   return graph_step(padded_layout(layout, batch), batch, graph_context(longest), /*replay=*/true);
 }
 
