@@ -57,6 +57,81 @@ TEST_CASE("bf16 gemm matches a float64 reference and caches one plan per shape",
   CHECK((*gemm)->num_cached_shapes() == 8);  // the cuBLASLt shapes, each with and without accumulating
 }
 
+TEST_CASE("the skinny tensor-core GEMM matches a float64 reference", "[cuda][gemm]") {
+  std::mt19937 rng(31);
+  struct Shape {
+    int64_t m, n, k, ldc;
+  };
+  // Rows at and around each 64-row chunk count (the kernel pads to 64, 128, 192, 256); K
+  // of 1 to 64 tiles, so that the multiprocessors' equal ranges of (column block, K tile)
+  // units split column blocks in many ways, or leave them whole (fewer units than
+  // multiprocessors: one each); and a C that is a column slice of a wider buffer.
+  const Shape shapes[] = {{2, 128, 64, 128},     {17, 256, 576, 256},  {64, 128, 4096, 128}, {65, 384, 576, 384},
+                          {160, 256, 1024, 384}, {200, 128, 576, 128}, {256, 1280, 4096, 1280}, {33, 6144, 128, 6144}};
+  DeviceBuffer<float> workspace(size_t{16} << 20);
+  DeviceBuffer<int> arrivals(64);
+  REQUIRE(cudaMemset(arrivals.ptr, 0, 64 * sizeof(int)) == cudaSuccess);
+  for (const Shape& sh : shapes) {
+    const auto a = random_bf16(sh.m * sh.k, rng);
+    const auto w = random_bf16(sh.n * sh.k, rng, 0.05f);
+    const auto c0 = random_bf16(sh.m * sh.ldc, rng);
+    std::vector<double> dot(static_cast<size_t>(sh.m * sh.n)), scale(dot.size());
+    for (int64_t i = 0; i < sh.m; ++i) {
+      for (int64_t j = 0; j < sh.n; ++j) {
+        double sum = 0, sq = 0;
+        for (int64_t t = 0; t < sh.k; ++t) {
+          const double prod = static_cast<double>(to_float(a[i * sh.k + t])) * to_float(w[j * sh.k + t]);
+          sum += prod;
+          sq += prod * prod;
+        }
+        dot[static_cast<size_t>(i * sh.n + j)] = sum;
+        scale[static_cast<size_t>(i * sh.n + j)] = std::sqrt(sq);
+      }
+    }
+    DeviceBuffer<Bf16> d_a(a), d_w(w), d_c(sh.m * sh.ldc);
+    std::vector<Bf16> first;
+    for (int run = 0; run < 2; ++run) {
+      for (bool accumulate : {false, true}) {
+        INFO("m " << sh.m << " n " << sh.n << " k " << sh.k << " ldc " << sh.ldc << " run " << run << " accumulate "
+                  << accumulate);
+        d_c.upload(c0);
+        GemmParams p{d_a.ptr, d_w.ptr, d_c.ptr, sh.m, sh.n, sh.k, accumulate, sh.ldc};
+        REQUIRE(launch::skinny_fits(p));
+        REQUIRE(launch::skinny_workspace_bytes(p) <= workspace.count * sizeof(float));
+        REQUIRE(launch::skinny_gemm(p, workspace.ptr, arrivals.ptr, nullptr) == nullptr);
+        const auto c = d_c.download();
+        for (int64_t i = 0; i < sh.m; ++i) {
+          for (int64_t j = 0; j < sh.ldc; ++j) {
+            const Bf16 got = c[i * sh.ldc + j];
+            if (j >= sh.n) {  // past the slice: untouched
+              REQUIRE(got == c0[i * sh.ldc + j]);
+              continue;
+            }
+            const size_t at = static_cast<size_t>(i * sh.n + j);
+            const double want = dot[at] + (accumulate ? to_float(c0[i * sh.ldc + j]) : 0.0);
+            REQUIRE(close(got, want, std::max(std::abs(want), scale[at])));
+          }
+        }
+        // The parts of a shared column block are added in a fixed order: the same bits again.
+        if (!accumulate && run == 0) first = c;
+        if (!accumulate && run == 1) REQUIRE(c == first);
+      }
+    }
+  }
+  // Every launch left its counts at zero.
+  std::vector<int> counts(64);
+  REQUIRE(cudaMemcpy(counts.data(), arrivals.ptr, counts.size() * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(counts == std::vector<int>(64, 0));
+  // What it does not take: one row (the GEMV's), n not a multiple of 128, k not of 64,
+  // more than 256 rows, no workspace.
+  DeviceBuffer<Bf16> a(300 * 128), w(256 * 128), c(300 * 256);
+  CHECK_FALSE(launch::skinny_fits({a.ptr, w.ptr, c.ptr, 1, 128, 128}));
+  CHECK_FALSE(launch::skinny_fits({a.ptr, w.ptr, c.ptr, 8, 192, 128}));
+  CHECK_FALSE(launch::skinny_fits({a.ptr, w.ptr, c.ptr, 8, 128, 96}));
+  CHECK_FALSE(launch::skinny_fits({a.ptr, w.ptr, c.ptr, 257, 128, 128}));
+  CHECK(launch::skinny_gemm({a.ptr, w.ptr, c.ptr, 8, 128, 128}, nullptr, arrivals.ptr, nullptr) != nullptr);
+}
+
 TEST_CASE("gemm refuses bad shapes and does nothing for no rows", "[cuda][gemm]") {
   auto gemm = Gemm::create(0);
   REQUIRE(gemm.is_ok());
