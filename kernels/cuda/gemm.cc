@@ -21,7 +21,6 @@ struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t w_layout = nullptr, a_layout = nullptr, c_layout = nullptr;
   cublasLtMatmulAlgo_t algo{};
-  bool skinny = false;  // launch::skinny_gemm instead
   ~Plan() {
     if (c_layout) cublasLtMatrixLayoutDestroy(c_layout);
     if (a_layout) cublasLtMatrixLayoutDestroy(a_layout);
@@ -41,25 +40,13 @@ struct Gemm::Impl {
   int64_t tuned_rows = 256;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>, std::unique_ptr<Plan>> plans;
 
-  bool skinny = true;       // time the skinny GEMM beside cuBLASLt's candidates
-  int* arrivals = nullptr;  // the skinny GEMM's counts, one per 128 output columns
-  int64_t arrival_slots = 0;
-
-  // Whether the skinny GEMM can take the shape with this Gemm's buffers.
-  bool skinny_fits(const GemmParams& shape) const {
-    return skinny && launch::skinny_fits(shape) && shape.n / 128 <= arrival_slots &&
-           launch::skinny_workspace_bytes(shape) <= workspace_bytes;
-  }
-
-  // Times cuBLASLt's candidates and the skinny GEMM (5 runs each) and keeps the fastest in
-  // `plan`.
-  Status tune(Plan& plan, const cublasLtMatmulHeuristicResult_t* results, int found, const GemmParams& shape,
-              Stream stream);
+  // Index of the candidate that ran fastest (5 runs each).
+  Result<int> fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, int64_t m,
+                      int64_t ldc, bool accumulate, const void* a, const void* w, Stream stream);
 
   ~Impl() {
     plans.clear();
     if (workspace) cudaFree(workspace);
-    if (arrivals) cudaFree(arrivals);
     if (handle) cublasLtDestroy(handle);
   }
 
@@ -67,9 +54,9 @@ struct Gemm::Impl {
   // heuristic's candidates on `stream` (reading the caller's A and W, writing a scratch C)
   // and keeps the fastest, which synchronizes that stream once. Accumulating into C (beta
   // 1) is tuned apart: the fastest candidate is not always the same.
-  Result<Plan*> plan(const GemmParams& shape, int64_t ldc, Stream stream) {
-    const int64_t m = shape.m, n = shape.n, k = shape.k;
-    auto key = std::make_tuple(m, n, k, ldc, shape.accumulate);
+  Result<Plan*> plan(int64_t m, int64_t n, int64_t k, int64_t ldc, bool accumulate, const void* a, const void* w,
+                     Stream stream) {
+    auto key = std::make_tuple(m, n, k, ldc, accumulate);
     if (auto it = plans.find(key); it != plans.end()) return it->second.get();
     auto p = std::make_unique<Plan>();
     cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
@@ -97,8 +84,10 @@ struct Gemm::Impl {
                             " k=" + std::to_string(k) + " (status " + std::to_string(static_cast<int>(s)) + ")");
     }
     p->algo = results[0].algo;
-    if (m <= tuned_rows && (found > 1 || skinny_fits(shape))) {
-      TESSERA_RETURN_IF_ERROR(tune(*p, results, found, shape, stream));
+    if (found > 1) {
+      auto best = fastest(*p, results, found, m, ldc, accumulate, a, w, stream);
+      if (!best) return best.status();
+      p->algo = results[*best].algo;
     }
     Plan* raw = p.get();
     plans.emplace(key, std::move(p));
@@ -106,59 +95,48 @@ struct Gemm::Impl {
   }
 };
 
-Status Gemm::Impl::tune(Plan& plan, const cublasLtMatmulHeuristicResult_t* results, int found,
-                        const GemmParams& shape, Stream stream) {
-  const int64_t m = shape.m, ldc = shape.ldc;
+Result<int> Gemm::Impl::fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, int64_t m,
+                                int64_t ldc, bool accumulate, const void* a, const void* w, Stream stream) {
   void* scratch = nullptr;
   if (cudaMalloc(&scratch, static_cast<size_t>(m * ldc) * 2) != cudaSuccess) {
     cudaGetLastError();  // no room to tune: keep the heuristic's first, and leave no error behind
-    return Status::ok();
+    return 0;
   }
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
   cudaMemsetAsync(scratch, 0, static_cast<size_t>(m * ldc) * 2, stream);
-  float best_ms = -1;
-  // Runs a candidate once (skipped if it cannot run), then times 5 more runs; the fastest wins.
-  auto time = [&](auto launch) {
-    if (!launch()) return false;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  int best = 0;
+  float best_ms = 0;
+  for (int i = 0; i < found; ++i) {
+    auto launch = [&] {
+      return cublasLtMatmul(handle, p.op, &alpha, w, p.w_layout, a, p.a_layout, &beta, scratch, p.c_layout, scratch,
+                            p.c_layout, &results[i].algo, workspace, workspace_bytes, stream);
+    };
+    if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that cannot run is skipped
     cudaEventRecord(start, stream);
     for (int r = 0; r < 5; ++r) launch();
     cudaEventRecord(stop, stream);
     cudaEventSynchronize(stop);
     float ms = 0;
     cudaEventElapsedTime(&ms, start, stop);
-    if (best_ms >= 0 && ms >= best_ms) return false;
-    best_ms = ms;
-    return true;
-  };
-  const float alpha = 1.0f, beta = shape.accumulate ? 1.0f : 0.0f;
-  for (int i = 0; i < found; ++i) {
-    const bool faster = time([&] {
-      return cublasLtMatmul(handle, plan.op, &alpha, shape.w, plan.w_layout, shape.a, plan.a_layout, &beta, scratch,
-                            plan.c_layout, scratch, plan.c_layout, &results[i].algo, workspace, workspace_bytes,
-                            stream) == CUBLAS_STATUS_SUCCESS;
-    });
-    if (faster) plan.algo = results[i].algo;
-  }
-  GemmParams into = shape;
-  into.c = static_cast<Bf16*>(scratch);
-  if (skinny_fits(shape)) {
-    plan.skinny = time([&] {
-      return launch::skinny_gemm(into, static_cast<float*>(workspace), arrivals, stream) == nullptr;
-    });
+    if (i == 0 || ms < best_ms) {
+      best = i;
+      best_ms = ms;
+    }
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   cudaFree(scratch);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return internal_error(std::string("gemm tuning: ") + cudaGetErrorString(e));
-  return Status::ok();
+  return best;
 }
 
 Gemm::Gemm(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Gemm::~Gemm() = default;
 
-Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes, int64_t tuned_rows, bool skinny) {
+Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes, int64_t tuned_rows) {
   auto impl = std::make_unique<Impl>();
   if (cublasStatus_t s = cublasLtCreate(&impl->handle); s != CUBLAS_STATUS_SUCCESS) return cublas_error("create", s);
   if (workspace_bytes > 0) {
@@ -168,14 +146,6 @@ Result<std::unique_ptr<Gemm>> Gemm::create(size_t workspace_bytes, int64_t tuned
   }
   impl->workspace_bytes = workspace_bytes;
   impl->tuned_rows = tuned_rows;
-  impl->skinny = skinny && workspace_bytes > 0;
-  if (impl->skinny) {  // counts for up to 1M output columns, zero to begin with
-    impl->arrival_slots = 8192;
-    const size_t bytes = static_cast<size_t>(impl->arrival_slots) * sizeof(int);
-    cudaError_t e = cudaMalloc(&impl->arrivals, bytes);
-    if (e == cudaSuccess) e = cudaMemset(impl->arrivals, 0, bytes);
-    if (e != cudaSuccess) return resource_exhausted(std::string("skinny GEMM counts: ") + cudaGetErrorString(e));
-  }
   return std::unique_ptr<Gemm>(new Gemm(std::move(impl)));
 }
 
@@ -195,14 +165,8 @@ Status Gemm::run(const GemmParams& p, Stream stream) {
     if (const char* e = launch::gemv(p, stream)) return internal_error(std::string("cuda gemv: ") + e);
     return Status::ok();
   }
-  GemmParams shape = p;
-  shape.ldc = ldc;
-  auto plan = impl_->plan(shape, ldc, stream);
+  auto plan = impl_->plan(p.m, p.n, p.k, ldc, p.accumulate, p.a, p.w, stream);
   if (!plan) return plan.status();
-  if ((*plan)->skinny && impl_->skinny_fits(shape)) {  // else cuBLASLt's fastest, also kept
-    const char* e = launch::skinny_gemm(shape, static_cast<float*>(impl_->workspace), impl_->arrivals, stream);
-    return e ? internal_error(std::string("cuda skinny gemm: ") + e) : Status::ok();
-  }
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   const cublasStatus_t s =
       cublasLtMatmul(impl_->handle, (*plan)->op, &alpha, p.w, (*plan)->w_layout, p.a, (*plan)->a_layout, &beta, p.c,

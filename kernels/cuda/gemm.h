@@ -22,13 +22,11 @@ namespace tessera::kernels::cuda {
 
 class Gemm {
  public:
-  // A cuBLASLt handle and `workspace_bytes` of device memory for its algorithms (and the
-  // skinny GEMM's partial sums). Shapes of at most `tuned_rows` rows time cuBLASLt's
-  // candidates on first use, and with `skinny` the skinny GEMM (launch::skinny_gemm) at
-  // each split where the shape allows, and keep the fastest; larger ones take cuBLASLt's
-  // heuristic's first.
-  [[nodiscard]] static Result<std::unique_ptr<Gemm>> create(size_t workspace_bytes = size_t{64} << 20,
-                                                            int64_t tuned_rows = 256, bool skinny = true);
+  // A cuBLASLt handle and `workspace_bytes` of device memory for its algorithms. Shapes of
+  // at most `tuned_rows` rows time cuBLASLt's candidates on first use and keep the fastest;
+  // larger ones take its heuristic's first.
+  [[nodiscard]] static Result<std::unique_ptr<Gemm>> create(size_t workspace_bytes = size_t{32} << 20,
+                                                            int64_t tuned_rows = 256);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;

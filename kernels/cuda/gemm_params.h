@@ -2,7 +2,6 @@
 // translation unit of the skinny-GEMM kernel sees them too.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/layer_ops_params.h"
@@ -44,23 +43,6 @@ inline bool gemv_fits(int64_t m, int64_t k, const void* a, const void* w, const 
   return m <= kGemvMaxRows && k % 8 == 0 && k <= kGemvMaxK && addresses % 16 == 0;
 }
 const char* gemv(const GemmParams& p, Stream stream);
-
-// C = A·Wᵀ for 2..256 activation rows on the tensor cores with the weight streamed once
-// (kernels/cuda/skinny_gemm.cu): one block per multiprocessor, each an equal share of the
-// (128 output columns, 64 K columns) tiles; a column block shared by several blocks adds
-// their fp32 parts (skinny_workspace_bytes of `workspace`) in a fixed order, counted in
-// `arrivals` (one int per 128 output columns, zero before the first launch, left zero by
-// each). Needs n % 128 == 0, k % 64 == 0, 16-byte aligned A and W, no fused norm or
-// gate/up. Gemm times it against cuBLASLt's candidates and keeps the faster.
-inline constexpr int64_t kSkinnyMaxRows = 256;
-inline bool skinny_fits(const GemmParams& p) {
-  const uintptr_t addresses = reinterpret_cast<uintptr_t>(p.a) | reinterpret_cast<uintptr_t>(p.w);
-  return p.m >= 2 && p.m <= kSkinnyMaxRows && p.n % 128 == 0 && p.k % 64 == 0 && p.k > 0 && addresses % 16 == 0 &&
-         !p.gate_up_silu && !p.norm_weight;
-}
-size_t skinny_workspace_bytes(const GemmParams& p, int variant = 0);
-// nullptr, or what went wrong.
-const char* skinny_gemm(const GemmParams& p, float* workspace, int* arrivals, Stream stream, int variant = 0);
 }  // namespace launch
 
 }  // namespace tessera::kernels::cuda

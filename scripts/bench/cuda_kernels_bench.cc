@@ -222,8 +222,8 @@ int main() {
   // Between decode and prefill (the rows of a served step that mixes them): cuBLASLt's
   // heuristic choice against the fastest of its candidates, and the roofline of each shape
   // (the larger of weight bytes at the copy rate and FLOPs at the square GEMM's rate).
-  auto tuned = Gemm::create(size_t{32} << 20, int64_t{1} << 40, /*skinny=*/false);
-  auto untuned = Gemm::create(size_t{32} << 20, 0, /*skinny=*/false);
+  auto tuned = Gemm::create(size_t{32} << 20, int64_t{1} << 40);
+  auto untuned = Gemm::create(size_t{32} << 20, 0);
   check(tuned.status());
   check(untuned.status());
   std::printf("\n| m | GEMM | heuristic (us) | tuned (us) | roofline (us) | heuristic share | tuned share |\n|---|---|---|---|---|---|---|\n");
@@ -236,51 +236,5 @@ int main() {
                   t * 1e3, roof * 1e3, 100 * roof / h, 100 * roof / t);
     }
   }
-
-  // Decode rows: the skinny tensor-core GEMM against cuBLASLt's fastest candidate, each
-  // weight rotated over 8 copies so that no run reads it from L2 (the o projection's 34 MB
-  // would fit there).
-  auto cublas_only = Gemm::create(size_t{32} << 20, 256, /*skinny=*/false);
-  check(cublas_only.status());
-  const size_t workspace_floats = size_t{40} << 20;
-  float* workspace = device_alloc<float>(workspace_floats, 0);
-  int* arrivals = device_alloc<int>(8192, 0);
-  std::printf("\n| m | GEMM | cuBLASLt tuned (us) | skinny (us) | roofline (us) | cuBLASLt share | skinny share |\n"
-              "|---|---|---|---|---|---|---|\n");
-  for (const Proj& pr : projs) {
-    constexpr int kCopies = 8;
-    Bf16* w[kCopies];
-    for (Bf16*& p : w) p = random_alloc(pr.n * pr.k);
-    for (int64_t m : {8, 16, 32, 64, 96, 128, 160, 192, 224, 256}) {
-      Bf16* act = random_alloc(m * pr.k);
-      Bf16* c = device_alloc<Bf16>(m * pr.n);
-      int turn = 0;
-      const double cub = time_ms([&] { check((*cublas_only)->run({act, w[turn++ % kCopies], c, m, pr.n, pr.k}, nullptr)); });
-      const GemmParams p{act, w[0], c, m, pr.n, pr.k};
-      double skinny[4];
-      for (int v = 0; v < 4; ++v) {
-        skinny[v] = 0;
-        if (launch::skinny_workspace_bytes(p, v) > workspace_floats * sizeof(float)) continue;
-        GemmParams probe = p;
-        if (launch::skinny_gemm(probe, workspace, arrivals, nullptr, v) != nullptr) {
-          cudaGetLastError();
-          continue;
-        }
-        skinny[v] = time_ms([&] {
-          GemmParams q = p;
-          q.w = w[turn++ % kCopies];
-          if (const char* e = launch::skinny_gemm(q, workspace, arrivals, nullptr, v)) check(cudaErrorInvalidValue, e);
-        });
-      }
-      const double roof = std::max(2.0 * pr.n * pr.k / (copy_gbs * 1e9), 2.0 * m * pr.n * pr.k / (peak_tflops * 1e12)) * 1e3;
-      std::printf("| %lld | %s | %.1f | %.1f / %.1f / %.1f / %.1f | %.1f | %.0f%% |\n", static_cast<long long>(m), pr.name,
-                  cub * 1e3, skinny[0] * 1e3, skinny[1] * 1e3, skinny[2] * 1e3, skinny[3] * 1e3, roof * 1e3, 100 * roof / cub);
-      cudaFree(act);
-      cudaFree(c);
-    }
-    for (Bf16* p : w) cudaFree(p);
-  }
-  cudaFree(arrivals);
-  cudaFree(workspace);
   return 0;
 }
