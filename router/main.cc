@@ -48,6 +48,7 @@ int serve(const tessera::Config& config) {
   go.max_waiting_tokens = static_cast<int64_t>(config.router.max_waiting_tokens);
   go.enable_prefix_cache = config.router.enable_prefix_cache;
   go.prefill_chunk_tokens = static_cast<int32_t>(config.router.prefill_chunk_tokens);
+  go.admission_batch = static_cast<int32_t>(config.router.admission_batch);
   go.overlap = config.router.overlap;
   go.pipeline_depth = static_cast<int32_t>(config.router.pipeline_depth);
   go.step_timeout = std::chrono::seconds(config.router.watchdog_timeout_s);

@@ -26,6 +26,9 @@ Status SchedulerOptions::validate() const {
   if (max_num_seqs < 1) return invalid_argument("scheduler: max_num_seqs must be at least 1");
   if (max_batch_tokens < 1) return invalid_argument("scheduler: max_batch_tokens must be at least 1");
   if (prefill_chunk_tokens < 0) return invalid_argument("scheduler: prefill_chunk_tokens must be >= 0");
+  if (admission_batch < 1 || admission_batch > max_num_seqs) {
+    return invalid_argument("scheduler: admission_batch must be in 1..max_num_seqs");
+  }
   if (max_waiting_requests < 1 || max_waiting_tokens < 1) {
     return invalid_argument("scheduler: waiting queue bounds must be positive");
   }
@@ -209,6 +212,8 @@ bool Scheduler::grow(Sequence& seq, int32_t tokens, PlanSlice& slice, Plan& plan
 bool Scheduler::try_admit(Plan& plan) {
   bool admitted = false;
   if (waiting_.empty() || static_cast<int32_t>(running_.size()) >= options_.max_num_seqs) return false;
+  const int64_t batch = std::min<int64_t>(options_.admission_batch, static_cast<int64_t>(waiting_.size()));
+  if (options_.max_num_seqs - static_cast<int64_t>(running_.size()) < batch) return false;
   // Pages the running sequences may still claim, against what is free or freeable. The
   // evictable count walks the whole tree, so it is taken only when free pages fall short,
   // at most once per plan, then kept up to date by hand (a later match retains pages that

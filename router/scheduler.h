@@ -70,6 +70,10 @@ struct SchedulerOptions {
   int32_t max_num_seqs = 64;       // running sequences
   int32_t max_batch_tokens = 512;  // tokens per step, decodes and prefill chunks together
   int32_t prefill_chunk_tokens = 0;  // > 0: a prompt advances at most this much per step
+  // Waiting requests are admitted once this many sequence slots are free, or as many as
+  // are waiting: under saturation, prompts arrive in the batch in groups (fewer, larger
+  // prefill steps) instead of one each time a sequence finishes. 1: whenever one is free.
+  int32_t admission_batch = 1;
   int64_t max_waiting_requests = 1024;
   int64_t max_waiting_tokens = int64_t{1} << 22;  // prompt tokens waiting, summed
   bool enable_prefix_cache = true;

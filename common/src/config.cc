@@ -223,6 +223,8 @@ Status Config::validate() const {
   check(router.max_num_batched_tokens >= router.max_num_seqs, "router.max_num_batched_tokens",
         "must be at least router.max_num_seqs (" + std::to_string(router.max_num_seqs) + "), so every running sequence can decode each step (got " +
             std::to_string(router.max_num_batched_tokens) + ")");
+  check(router.admission_batch >= 1 && router.admission_batch <= router.max_num_seqs, "router.admission_batch",
+        "must be in 1..router.max_num_seqs (got " + std::to_string(router.admission_batch) + ")");
   check(router.max_waiting_requests >= 1, "router.max_waiting_requests", "must be at least 1");
   check(router.max_waiting_tokens >= 1, "router.max_waiting_tokens", "must be at least 1");
   check(router.watchdog_timeout_s >= 1, "router.watchdog_timeout_s", "must be at least 1");

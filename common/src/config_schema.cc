@@ -238,6 +238,10 @@ std::vector<config_internal::FieldSpec> build_schema() {
             "A worker rank silent this long (no result, no heartbeat) is lost: its group's requests end with an error."),
       field("router.prefill_chunk_tokens", &C::router, &RouterSettings::prefill_chunk_tokens,
             "Most prompt tokens one sequence advances per step (chunked prefill); 0: only the step budget bounds it."),
+      field("router.admission_batch", &C::router, &RouterSettings::admission_batch,
+            "Admit waiting requests only once this many sequence slots are free, or as many as are waiting: under "
+            "saturation, fewer and larger prefill steps (more throughput, longer pauses between a running request's "
+            "tokens); 1: whenever a slot frees. At most max_num_seqs."),
       field("router.overlap", &C::router, &RouterSettings::overlap,
             "Stream a step's tokens and queue new requests while the worker runs the next step (false: before sending it)."),
       field("router.pipeline_depth", &C::router, &RouterSettings::pipeline_depth,

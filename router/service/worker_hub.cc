@@ -332,6 +332,7 @@ void WorkerGroup::run_session() {
   so.max_num_seqs = std::min<int32_t>(options_.max_num_seqs, static_cast<int32_t>(worker.max_step_sequences()));
   so.max_batch_tokens = std::min<int32_t>(options_.max_batch_tokens, static_cast<int32_t>(worker.max_step_tokens()));
   so.prefill_chunk_tokens = options_.prefill_chunk_tokens;
+  so.admission_batch = std::min(options_.admission_batch, so.max_num_seqs);
   so.max_waiting_requests = options_.max_waiting_requests;
   so.max_waiting_tokens = options_.max_waiting_tokens;
   so.enable_prefix_cache = options_.enable_prefix_cache;

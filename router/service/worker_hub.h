@@ -51,6 +51,7 @@ struct GroupOptions {
   int32_t max_num_seqs = 256;            // capped by the worker's max_step_sequences
   int32_t max_batch_tokens = 8192;       // capped by the worker's max_step_tokens
   int32_t prefill_chunk_tokens = 0;
+  int32_t admission_batch = 1;           // capped by max_num_seqs
   int64_t max_waiting_requests = 1024;
   int64_t max_waiting_tokens = int64_t{1} << 20;
   bool enable_prefix_cache = true;

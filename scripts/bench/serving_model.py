@@ -32,7 +32,7 @@ overlapped.
 
   scripts/bench/serving-model --result-json RUN.json [--config config.json]
       [--bandwidth 3.0e12] [--peak 800e12] [--max-num-seqs 256]
-      [--max-num-batched-tokens 8192] [--prefill-chunk-tokens 0] [--point N]
+      [--max-num-batched-tokens 8192] [--prefill-chunk-tokens 0] [--admission-batch 1] [--point N]
   scripts/bench/serving-model --step-trace TRACE.jsonl [--config config.json]
 """
 import argparse
@@ -101,8 +101,10 @@ class Sequence:
 
 
 def simulate(requests, shape: Shape, bandwidth: float, peak: float, max_num_seqs: int, budget: int,
-             chunk: int) -> dict:
-    """requests: [(arrival_s, input_len, output_len)] in arrival order."""
+             chunk: int, admission_batch: int = 1) -> dict:
+    """requests: [(arrival_s, input_len, output_len)] in arrival order. Arrived requests are
+    admitted once min(admission_batch, how many have arrived) slots are free (the router's
+    router.admission_batch)."""
     waiting = deque(sorted(requests, key=lambda r: r[0]))
     running: list[Sequence] = []
     now = 0.0
@@ -110,9 +112,13 @@ def simulate(requests, shape: Shape, bandwidth: float, peak: float, max_num_seqs
     bytes_bound_steps = 0
     output_tokens = 0
     while waiting or running:
-        while waiting and len(running) < max_num_seqs and waiting[0][0] <= now:
-            _, n_in, n_out = waiting.popleft()
-            running.append(Sequence(n_in, n_out))
+        arrived = 0
+        while arrived < min(admission_batch, len(waiting)) and waiting[arrived][0] <= now:
+            arrived += 1
+        if arrived and max_num_seqs - len(running) >= arrived:  # then as many as fit, as the router does
+            while waiting and len(running) < max_num_seqs and waiting[0][0] <= now:
+                _, n_in, n_out = waiting.popleft()
+                running.append(Sequence(n_in, n_out))
         if not running:
             now = waiting[0][0]
             continue
@@ -215,6 +221,7 @@ def main(argv=None):
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--prefill-chunk-tokens", type=int, default=0)
+    ap.add_argument("--admission-batch", type=int, default=1, help="the router's router.admission_batch")
     a = ap.parse_args(argv)
     config_path = a.config if a.config.endswith(".json") else os.path.join(a.config, "config.json")
     with open(config_path) as f:
@@ -239,7 +246,7 @@ def main(argv=None):
     requests = [(0.0 if saturated else r.get("start_s", 0.0), r["input_len"], r["output_len"])
                 for r in point["requests"] if r.get("ok", True)]
     m = simulate(requests, shape, a.bandwidth, a.peak, a.max_num_seqs, a.max_num_batched_tokens,
-                 a.prefill_chunk_tokens)
+                 a.prefill_chunk_tokens, a.admission_batch)
     measured = point.get("output_throughput")
     print(f"# {len(requests)} requests of {a.result_json} (point {a.point}, "
           f"{'all at once' if saturated else 'at their recorded start times'}); weights "

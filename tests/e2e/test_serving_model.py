@@ -14,8 +14,8 @@ SHAPE = serving_model.Shape(CONFIG)
 BW, PEAK = 3.0e12, 800e12
 
 
-def run(requests, max_num_seqs=256, budget=8192, chunk=0):
-    return serving_model.simulate(requests, SHAPE, BW, PEAK, max_num_seqs, budget, chunk)
+def run(requests, max_num_seqs=256, budget=8192, chunk=0, admission_batch=1):
+    return serving_model.simulate(requests, SHAPE, BW, PEAK, max_num_seqs, budget, chunk, admission_batch)
 
 
 def test_llama_8b_sizes_are_design_md_s():
@@ -50,6 +50,20 @@ def test_a_long_prompt_is_compute_bound():
     flops = 2.0 * SHAPE.params * 8192 + SHAPE.attention_flops(0, 8192)
     assert m["bandwidth_bound_steps"] == 0
     assert abs(m["time_s"] - flops / PEAK) < 1e-12
+
+
+def test_admission_batch_waits_for_a_group_of_free_slots_as_the_router_does():
+    # Room for two. One by one: C starts when A ends (step 3), D when C ends (step 5), beside
+    # the long B: 6 steps. In groups of two: C and D wait until B ends too, then start
+    # together: 8 steps, with fewer decode rows a step.
+    requests = [(0.0, 4, 2), (0.0, 4, 6), (0.0, 4, 2), (0.0, 4, 2)]
+    one_by_one = run(requests, max_num_seqs=2)
+    grouped = run(requests, max_num_seqs=2, admission_batch=2)
+    assert one_by_one["output_tokens"] == grouped["output_tokens"] == 12
+    assert (one_by_one["steps"], grouped["steps"]) == (6, 8)
+    assert (one_by_one["mean_decode_rows"], grouped["mean_decode_rows"]) == (8 / 6, 1.0)
+    # Fewer have arrived than a group: they start at once.
+    assert run([(0.0, 4, 2)], admission_batch=8)["steps"] == 2
 
 
 def test_late_arrivals_wait_for_their_time():

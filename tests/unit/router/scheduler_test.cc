@@ -215,6 +215,55 @@ TEST_CASE("requests give the tokens they give alone, within the step budget and 
   h.require_no_leaks();
 }
 
+TEST_CASE("admission_batch admits waiting requests in groups, and they still give the tokens they give alone",
+          "[scheduler]") {
+  SchedulerOptions o = small_options();
+  o.num_pages = 400;  // KV never limits admission here
+  o.admission_batch = 4;
+  Harness h(o);
+  std::mt19937 rng(5);
+  std::map<uint64_t, std::vector<int32_t>> want;
+  for (uint64_t id = 1; id <= 30; ++id) {
+    RequestSpec r;
+    r.request_id = id;
+    r.prompt = make_prompt(rng, static_cast<int>(id % 3), 1 + static_cast<int>(rng() % 20));
+    r.stop.max_tokens = 1 + rng() % 30;
+    r.stop.ignore_eos = true;
+    want[id] = expected_output(r.prompt, r.stop, o.max_context_tokens);
+    REQUIRE(h.scheduler.submit(r).is_ok());
+  }
+  int64_t groups = 0;
+  while (true) {
+    const SchedulerStats before = h.scheduler.stats();
+    Plan plan = h.scheduler.next_plan();
+    if (plan.empty()) break;
+    h.check(plan);
+    const int64_t admitted = static_cast<int64_t>(plan.new_sequences.size());
+    const int64_t group = std::min<int64_t>(o.admission_batch, before.num_waiting);
+    const int64_t free_slots = o.max_num_seqs - before.num_running;
+    INFO("waiting " << before.num_waiting << " running " << before.num_running << " admitted " << admitted);
+    if (admitted > 0) {
+      REQUIRE(admitted >= group);  // a whole group, or everything that waits
+      ++groups;
+    }
+    if (admitted == 0 && before.num_waiting > 0) REQUIRE(free_slots < group);  // waits only for a group's slots
+    h.take(h.scheduler.on_step_result(h.worker.run(plan)));
+  }
+  REQUIRE(h.finished.size() == 30);
+  for (const auto& [id, tokens] : want) {
+    INFO("request " << id);
+    REQUIRE(h.outputs[id] == tokens);
+  }
+  REQUIRE(groups < 30);
+  h.require_no_leaks();
+
+  SchedulerOptions bad = small_options();
+  bad.admission_batch = 0;
+  CHECK(bad.validate().code() == StatusCode::kInvalidArgument);
+  bad.admission_batch = bad.max_num_seqs + 1;
+  CHECK(bad.validate().code() == StatusCode::kInvalidArgument);
+}
+
 TEST_CASE("admission never commits more KV pages than the pool holds", "[scheduler]") {
   SchedulerOptions o = small_options();
   o.num_pages = 40;

@@ -81,6 +81,9 @@ struct RouterSettings {
   uint32_t worker_timeout_s = 10;
   // Prefill chunk bound per sequence and step (0: only the step budget bounds it).
   uint32_t prefill_chunk_tokens = 0;
+  // Admit waiting requests once this many sequence slots are free (or as many as wait):
+  // fewer, larger prefill steps under saturation. 1: whenever a slot frees.
+  uint32_t admission_batch = 1;
   // Stream a step's tokens while the worker runs the next step, not before sending it.
   bool overlap = true;
   // Plans sent ahead of their results per worker group: 2 plans step N+1 while the worker
