@@ -190,6 +190,15 @@ std::vector<int32_t> make_prompt(std::mt19937& rng, int prefix_id, int suffix_le
   return p;
 }
 
+RequestSpec request(uint64_t id, std::vector<int32_t> prompt, uint32_t max_tokens, bool ignore_eos = true) {
+  RequestSpec r;
+  r.request_id = id;
+  r.prompt = std::move(prompt);
+  r.stop.max_tokens = max_tokens;
+  r.stop.ignore_eos = ignore_eos;
+  return r;
+}
+
 }  // namespace
 
 TEST_CASE("requests give the tokens they give alone, within the step budget and chunk size", "[scheduler]") {
@@ -224,11 +233,8 @@ TEST_CASE("admission_batch admits waiting requests in groups, and they still giv
   std::mt19937 rng(5);
   std::map<uint64_t, std::vector<int32_t>> want;
   for (uint64_t id = 1; id <= 30; ++id) {
-    RequestSpec r;
-    r.request_id = id;
-    r.prompt = make_prompt(rng, static_cast<int>(id % 3), 1 + static_cast<int>(rng() % 20));
-    r.stop.max_tokens = 1 + rng() % 30;
-    r.stop.ignore_eos = true;
+    std::vector<int32_t> prompt = make_prompt(rng, static_cast<int>(id % 3), 1 + static_cast<int>(rng() % 20));
+    const RequestSpec r = request(id, std::move(prompt), 1 + rng() % 30);
     want[id] = expected_output(r.prompt, r.stop, o.max_context_tokens);
     REQUIRE(h.scheduler.submit(r).is_ok());
   }
@@ -481,15 +487,6 @@ SchedulerOptions one_step_prefill_options() {
   o.prefill_chunk_tokens = 0;
   o.max_batch_tokens = 128;
   return o;
-}
-
-RequestSpec request(uint64_t id, std::vector<int32_t> prompt, uint32_t max_tokens, bool ignore_eos = true) {
-  RequestSpec r;
-  r.request_id = id;
-  r.prompt = std::move(prompt);
-  r.stop.max_tokens = max_tokens;
-  r.stop.ignore_eos = ignore_eos;
-  return r;
 }
 
 const PlanSlice* slice_of(const Plan& plan, uint64_t seq_id) {
