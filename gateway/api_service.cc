@@ -42,12 +42,26 @@ std::vector<ChoiceSpec> n_choices(const ChoiceSpec& spec, uint32_t n) {
 
 }  // namespace
 
+// Released (the slot freed for the cap) when the answer ends; destroyed when the job that
+// holds it is, after its sink, its router calls and the HTTP exchange are gone. Its
+// destructor is the last touch of the service by a request: wait_idle waits for it.
 struct ApiService::Admission {
   ApiService* service = nullptr;
   uint64_t job_key = 0;  // in jobs_, once the job started
   bool released = false;  // under the service's mutex
   void release() {
     std::lock_guard lock(service->mutex_);
+    release_locked();
+  }
+  ~Admission() {
+    std::lock_guard lock(service->mutex_);
+    release_locked();
+    --service->num_live_;
+    service->idle_.notify_all();
+  }
+
+ private:
+  void release_locked() {
     if (released) return;
     released = true;
     if (job_key != 0) service->jobs_.erase(job_key);
@@ -55,7 +69,6 @@ struct ApiService::Admission {
     service->metrics_.in_flight().dec();
     service->idle_.notify_all();
   }
-  ~Admission() { release(); }
 };
 
 ApiService::ApiService(ApiOptions options, ModelText model, RouterPool& pool, metrics::Registry& registry)
@@ -214,6 +227,7 @@ std::variant<std::shared_ptr<ApiService::Admission>, ApiError> ApiService::admit
                     "", "overloaded"};
   }
   ++num_in_flight_;
+  ++num_live_;
   metrics_.in_flight().inc();
   auto slot = std::make_shared<Admission>();
   slot->service = this;
@@ -233,6 +247,7 @@ void ApiService::start(const std::shared_ptr<http::Exchange>& ex, const std::str
   auto admission = std::get<std::shared_ptr<Admission>>(slot);
   auto sink = make_sink({ex, &metrics_, endpoint, [admission] { admission->release(); }});
   options.timeout = options_.request_timeout;
+  options.lease = admission;
   auto job = GenerationJob::start(pool_, model_.tokenizer, &metrics_, std::move(options), std::move(choices), std::move(sink));
   const uint64_t key = next_id_++;
   {
@@ -441,7 +456,7 @@ void ApiService::models(const std::shared_ptr<http::Exchange>& ex) {
 
 bool ApiService::wait_idle(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
-  return idle_.wait_for(lock, timeout, [&] { return num_in_flight_ == 0; });
+  return idle_.wait_for(lock, timeout, [&] { return num_live_ == 0; });
 }
 
 void ApiService::cancel_all() {

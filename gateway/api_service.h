@@ -54,7 +54,10 @@ class ApiService {
   // Draining: new generations get 503, /ready turns 503; running ones go on.
   void stop_admitting() { admitting_ = false; }
   bool admitting() const { return admitting_; }
-  // True once no generation is in flight (before the timeout).
+  // True once no generation is in flight and every object of the finished ones (job, sink,
+  // router calls, the HTTP exchange they hold) is gone, before the timeout. After it the
+  // service, the router pool and the HTTP server may be torn down: no gRPC or HTTP thread
+  // still holds anything of a request.
   bool wait_idle(std::chrono::milliseconds timeout);
   // Cancels every generation in flight; each client gets a 503 (or, mid-stream, an error
   // event and the end of the stream).
@@ -62,7 +65,7 @@ class ApiService {
   int64_t num_in_flight() const;
 
  private:
-  struct Admission;  // an in-flight slot
+  struct Admission;  // an in-flight slot, held by the request's job until it is destroyed
   void completions(const std::shared_ptr<http::Exchange>& ex);
   void chat_completions(const std::shared_ptr<http::Exchange>& ex);
   void generate(const std::shared_ptr<http::Exchange>& ex, bool stream);
@@ -106,7 +109,8 @@ class ApiService {
   mutable std::mutex mutex_;
   std::condition_variable idle_;
   std::map<uint64_t, std::weak_ptr<GenerationJob>> jobs_;
-  int64_t num_in_flight_ = 0;
+  int64_t num_in_flight_ = 0;  // admitted and not yet released: the concurrency cap
+  int64_t num_live_ = 0;       // admitted and not yet destroyed: what wait_idle waits for
 };
 
 }  // namespace tessera::gateway

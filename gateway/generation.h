@@ -73,6 +73,10 @@ struct JobOptions {
   bool logprobs = false;  // logprob texts for the sampled tokens (and top alternatives)
   std::chrono::steady_clock::time_point arrival;
   std::chrono::milliseconds timeout{600000};  // deadline of the whole request
+  // Held by the job and released as the last of it: after its sink, its router calls and
+  // whatever they hold are destroyed. Whoever tears down what a job uses (the HTTP server,
+  // the router pool) waits for it (ApiService::wait_idle).
+  std::shared_ptr<void> lease;
 };
 
 class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
@@ -108,7 +112,7 @@ class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
   RouterPool& pool_;
   const tokenizer::Tokenizer& tokenizer_;
   GatewayMetrics* metrics_;
-  const JobOptions options_;
+  const JobOptions options_;  // before every member that owns something: its lease goes last
   std::shared_ptr<GenerationSink> sink_;
   std::mutex mutex_;
   std::vector<std::unique_ptr<Choice>> choices_;

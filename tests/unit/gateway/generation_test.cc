@@ -272,6 +272,31 @@ TEST_CASE("cancelling a job cancels its router calls and reports the client gone
   CHECK(router.num_finished == 0);
 }
 
+TEST_CASE("a job lets go of its lease last, after its sink and its router calls", "[gateway][generation]") {
+  // The gateway's drain waits for the lease: anything the job still held after it (the
+  // sink's HTTP exchange, a gRPC call) would outlive the server and the pool it uses.
+  ScriptedRouter router;
+  router.script = ids_of("short answer");
+  auto server = testing::start_local_grpc_server({&router});
+  RouterPool pool(pool_options({server.address()}));
+  REQUIRE(pool.wait_ready(std::chrono::seconds(5)));
+  auto sink = std::make_shared<Recorder>();
+  auto done = sink->done.get_future();
+  std::weak_ptr<Recorder> sink_seen = sink;
+  std::promise<bool> sink_gone_at_lease_end;
+  JobOptions o = job();
+  o.lease = std::shared_ptr<void>(nullptr, [&](void*) { sink_gone_at_lease_end.set_value(sink_seen.expired()); });
+  auto lease_end = sink_gone_at_lease_end.get_future();
+  {
+    auto j = GenerationJob::start(pool, tok(), nullptr, std::move(o), choices(2), std::move(sink));
+    REQUIRE(done.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK_FALSE(done.get().second);
+    CHECK(lease_end.wait_for(std::chrono::milliseconds(50)) == std::future_status::timeout);  // `j` holds the job
+  }
+  REQUIRE(lease_end.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  CHECK(lease_end.get());
+}
+
 TEST_CASE("router statuses become the HTTP statuses a client expects", "[gateway][generation]") {
   CHECK(api_error_from_grpc({grpc::StatusCode::INVALID_ARGUMENT, "bad"}).status == 400);
   CHECK(api_error_from_grpc({grpc::StatusCode::NOT_FOUND, "model"}).status == 404);
