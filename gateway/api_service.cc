@@ -67,7 +67,6 @@ struct ApiService::Admission {
     if (job_key != 0) service->jobs_.erase(job_key);
     --service->num_in_flight_;
     service->metrics_.in_flight().dec();
-    service->idle_.notify_all();
   }
 };
 

@@ -107,7 +107,7 @@ class ApiService {
   std::atomic<uint64_t> next_id_{1};
   const uint64_t id_salt_;
   mutable std::mutex mutex_;
-  std::condition_variable idle_;
+  std::condition_variable idle_;  // notified each time num_live_ falls
   std::map<uint64_t, std::weak_ptr<GenerationJob>> jobs_;
   int64_t num_in_flight_ = 0;  // admitted and not yet released: the concurrency cap
   int64_t num_live_ = 0;       // admitted and not yet destroyed: what wait_idle waits for
